@@ -1,0 +1,94 @@
+"""`sefl-ray <stage> CONFIG [--set key=value ...]`: argument parsing only; each stage is a `run_<stage>` function.
+
+Errors a user can cause (`SeflError`) print one line on stderr and exit 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from sefl_ray.errors import SeflError
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sefl-ray",
+        description="Synthetic educational feedback loops on Ray: synthesize, fine-tune, serve and judge.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    stages = parser.add_subparsers(dest="command", metavar="STAGE", required=True)
+
+    with_config = argparse.ArgumentParser(add_help=False)
+    with_config.add_argument("config", help="YAML config, e.g. jobs/local.yaml")
+    with_config.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config field, e.g. --set ray.num_cpus=2 (repeatable)",
+    )
+    with_config.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+
+    stages.add_parser(
+        "pipeline", parents=[with_config], help="run every stage in order, skipping finished ones",
+        description="Run every stage in order on one config: the whole loop on a laptop or a cluster.",
+    )
+    stages.add_parser(
+        "endpoints", parents=[with_config], help="check the config's endpoints: keys set, servers answering",
+        description="Check each endpoint of the config: its API key variable is set and one tiny call succeeds.",
+    )
+    models = stages.add_parser("models", help="embedded models: prepare them offline as HF folders")
+    models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    prepare = models_commands.add_parser(
+        "prepare", help="convert an embedded model (default: smollm2-135m) into an HF folder, offline",
+        description="Convert an embedded GGUF model into a plain Hugging Face folder in the cache, once.",
+    )
+    prepare.add_argument("name", nargs="?", default="smollm2-135m", help="embedded model name")
+    prepare.add_argument("--force", action="store_true", help="convert again even if the folder exists")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        _dispatch(args)
+    except SeflError as exc:
+        if args.debug:
+            raise
+        print(f"sefl-ray {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"sefl-ray {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "models":
+        from sefl_ray.models import prepare_embedded_model
+
+        print(prepare_embedded_model(args.name, force=args.force))
+        return
+
+    from sefl_ray.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    if args.address:
+        config.ray.address = args.address
+    if args.command == "pipeline":
+        from sefl_ray.pipeline import run_pipeline
+
+        print(run_pipeline(config))
+    elif args.command == "endpoints":
+        from sefl_ray.llm.check import run_endpoint_check
+
+        print(run_endpoint_check(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

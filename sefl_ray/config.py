@@ -1,0 +1,158 @@
+"""Typed configs for every stage, loaded from one YAML file with `--set a.b=c` overrides.
+
+One root model (`SeflConfig`) holds a section per stage plus what they share (run dir, Ray, endpoints, retries), so
+the same file drives `sefl-ray pipeline` and each stage alone. Every field has a default that works on a laptop;
+unknown keys and wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sefl_ray.errors import ConfigError
+from sefl_ray.llm.endpoint import EndpointConfig
+
+logger = logging.getLogger(__name__)
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(
+        None, description="Ray cluster to join ('auto', 'ray://host:10001'); None: $RAY_ADDRESS, else a local Ray."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray; None: all of this machine's.")
+    object_store_mb: int = Field(512, ge=64, description="Object store size of the local Ray, in MiB.")
+    namespace: str = Field("sefl-ray", description="Ray namespace of the run's named actors.")
+    runtime_env: dict[str, Any] = Field(
+        default_factory=dict, description="Ray runtime_env for jobs on a cluster (pip, env_vars, working_dir…)."
+    )
+
+
+class RetryConfig(StrictModel):
+    max_attempts: int = Field(6, ge=1, description="Attempts per call, the first included.")
+    base_delay_s: float = Field(0.5, gt=0, description="First backoff delay; doubles each retry, with jitter.")
+    max_delay_s: float = Field(30.0, gt=0, description="Cap on one backoff delay.")
+    max_retry_after_s: float = Field(120.0, gt=0, description="Cap on a server's Retry-After that we honour.")
+
+
+class ModelsConfig(StrictModel):
+    prepare: list[str] = Field(
+        default_factory=lambda: ["embedded:smollm2-135m"],
+        description="Embedded models converted to HF folders before the stages run.",
+    )
+
+
+class SeflConfig(StrictModel):
+    """The whole run: shared settings and one section per stage."""
+
+    run_dir: str = Field("runs/local", description="Where every stage writes its outputs (local path or URI).")
+    seed: int = Field(0, description="Seed for sampling, splits and training.")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=list, description="OpenAI-compatible endpoints the stages may call, by name."
+    )
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    def endpoint(self, name: str) -> EndpointConfig:
+        for endpoint in self.endpoints:
+            if endpoint.name == name:
+                return endpoint
+        known = ", ".join(e.name for e in self.endpoints) or "none"
+        raise ConfigError(f"no endpoint named '{name}' in endpoints (known: {known})")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> SeflConfig:
+    """Read YAML (or start from defaults when `path` is None), apply KEY=VALUE overrides, validate."""
+    raw: dict[str, Any] = {} if path is None else _read_yaml(Path(path))
+    for override in overrides:
+        _apply_override(raw, override)
+    source = str(path) if path is not None else "config"
+    try:
+        return SeflConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe_validation_error(exc)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. --set ray.num_cpus=2), got '{override}'")
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    """One line per problem, naming the dotted key, joined with '; ' so the CLI still prints one line."""
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        elif error["type"] == "missing":
+            problems.append(f"missing key '{key}'")
+        else:
+            problems.append(f"{key}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)
+
+
+def config_fingerprint(section: BaseModel | dict[str, Any]) -> str:
+    """Stable short hash of a config section: the resume and skip key of a stage's outputs."""
+    data = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def config_as_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def save_resolved_config(config: SeflConfig, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config beside a stage's outputs. Holds env var names only, never key values."""
+    out_path = Path(out_dir) / name
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(config_as_yaml(config))
+    return out_path
+
+
+def log_resolved_config(config: SeflConfig, stage: str) -> None:
+    logger.info("resolved config for %s:\n%s", stage, config_as_yaml(config))

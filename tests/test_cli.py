@@ -1,0 +1,78 @@
+"""The CLI as a user meets it: a real subprocess, one line on stderr and exit 2 for every mistake a user can make."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SEFL_RAY = str(Path(sys.executable).parent / "sefl-ray")
+
+
+def run_cli(*args, env=None, cwd=None):
+    return subprocess.run([SEFL_RAY, *args], capture_output=True, text=True, timeout=120, env=env, cwd=cwd)
+
+
+def assert_one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_help_lists_the_stages():
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for stage in ("pipeline", "endpoints", "models"):
+        assert stage in result.stdout
+    assert run_cli("pipeline", "--help").returncode == 0
+
+
+def test_missing_config_file(tmp_path):
+    assert_one_line_error(run_cli("pipeline", str(tmp_path / "missing.yaml")), "config file not found")
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("ray: {num_cpus: 2\n")
+    assert_one_line_error(run_cli("pipeline", str(path)), "malformed YAML")
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("ray:\n  num_cpu: 2\n")
+    assert_one_line_error(run_cli("pipeline", str(path)), "unknown key 'ray.num_cpu'")
+    assert_one_line_error(run_cli("pipeline", str(path), "--set", "ray.num_cpu=3"), "ray.num_cpu")
+
+
+@pytest.mark.parametrize("command", ["pipeline", "endpoints"])
+def test_unset_api_key_variable(tmp_path, command):
+    path = tmp_path / "vendor.yaml"
+    path.write_text(
+        "endpoints:\n  - {name: vendor, model: gpt-x, base_url: 'http://127.0.0.1:9/v1', "
+        "api_key_env: SEFL_TEST_UNSET_KEY}\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "SEFL_TEST_UNSET_KEY"}
+    assert_one_line_error(run_cli(command, str(path), env=env), "$SEFL_TEST_UNSET_KEY", "not set")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_cli("--debug", "pipeline", str(tmp_path / "missing.yaml"))
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+
+
+def test_endpoint_check_against_loopback(loopback, tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(f"endpoints:\n  - {{name: loop, model: m, base_url: '{loopback.base_url}'}}\n")
+    result = run_cli("endpoints", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "loop" in result.stdout and "ok" in result.stdout
+    assert loopback.count() == 1
+
+    dead = tmp_path / "dead.yaml"
+    dead.write_text("endpoints:\n  - {name: dead, model: m, base_url: 'http://127.0.0.1:9/v1', timeout_s: 2}\n")
+    result = run_cli("endpoints", str(dead), "--set", "retry.base_delay_s=0.01")
+    assert_one_line_error(result, "dead", "connection error")
