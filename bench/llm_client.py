@@ -2,7 +2,7 @@
 
 The loopback server runs in its own process with a fixed latency; each concurrency level runs raw and layer
 back to back, several rounds alternating, and reports the median so machine noise hits both sides alike.
-Usage: python bench/llm_client.py [--latency-s 0.05] [--rounds 3]
+Usage: python bench/llm_client.py [--latency-s 0.05] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ async def through_layer(base_url: str, concurrency: int, total_calls: int) -> fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-s", type=float, default=0.05)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
     args = parser.parse_args()
 
@@ -81,9 +81,10 @@ def main() -> None:
             total_calls = max(60, concurrency * 8)
             raw_rates, layer_rates = [], []
             asyncio.run(raw_openai(base_url, concurrency, concurrency))  # warm up connections and imports
-            for _ in range(args.rounds):
-                raw_rates.append(asyncio.run(raw_openai(base_url, concurrency, total_calls)))
-                layer_rates.append(asyncio.run(through_layer(base_url, concurrency, total_calls)))
+            for round_index in range(args.rounds):
+                sides = [(raw_rates, raw_openai), (layer_rates, through_layer)]
+                for rates, run in sides if round_index % 2 == 0 else reversed(sides):  # alternate who goes first
+                    rates.append(asyncio.run(run(base_url, concurrency, total_calls)))
             raw, layer = statistics.median(raw_rates), statistics.median(layer_rates)
             rows.append({
                 "concurrency": concurrency,
