@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -54,6 +54,55 @@ class ModelsConfig(StrictModel):
     )
 
 
+class SourcesConfig(StrictModel):
+    path: str = Field(
+        "builtin:edu_passages",
+        description="Educational texts: a .jsonl/.json/.parquet file, a `datasets` folder (save_to_disk), "
+        "'hf:NAME[:SPLIT]' for a Hub dataset, or 'builtin:edu_passages' (48 passages shipped with sefl-ray).",
+    )
+    text_column: str = Field("text", description="Column holding the passage (Fineweb-Edu: 'text').")
+    id_column: str | None = Field("id", description="Column with a stable id; None or absent: a hash of the text.")
+    min_chars: int = Field(200, ge=0, description="Skip passages shorter than this.")
+    max_chars: int = Field(6000, ge=1, description="Skip passages longer than this.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N passages that pass the filters.")
+
+
+class SynthConfig(StrictModel):
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    samples_per_source: int = Field(1, ge=1, description="Conversations per passage (different mistakes, seeds).")
+    num_conversations: int | None = Field(None, ge=1, description="Cap on conversations; None: all planned.")
+    teacher_endpoint: str = Field("local", description="Name of the endpoint that plays the teacher.")
+    student_endpoint: str = Field("local", description="Name of the endpoint that plays the student.")
+    preset: Literal["default", "sefl"] = Field("default", description="Prompt preset; 'sefl' follows the paper.")
+    min_mistakes: int = Field(1, ge=1, description="Fewest deliberate mistakes per answer.")
+    max_mistakes: int = Field(3, ge=1, description="Most deliberate mistakes per answer.")
+    mistake_kinds: list[str] = Field(
+        default_factory=lambda: ["factual", "reasoning", "calculation", "omission", "misreading"],
+        description="Kinds of mistake sampled per row (see sefl_ray.synth.prompts.MISTAKE_DESCRIPTIONS).",
+    )
+    json_mode: Literal["json_schema", "json_object", "off"] = Field(
+        "json_schema", description="How replies are constrained to JSON: a schema, any JSON object, or in words."
+    )
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_new_tokens: int = Field(512, ge=16, description="Per turn; the sefl preset uses 256.")
+    max_turns: int = Field(5, ge=3, description="Agent turns per conversation, repair turns included.")
+    concurrency: int = Field(32, ge=1, description="Conversations in flight across all actors.")
+    num_actors: int = Field(2, ge=1, description="Ray Data actors running conversations (async, many per actor).")
+    batch_size: int = Field(8, ge=1, description="Conversations per Ray Data block: the unit written to disk.")
+    retry_failed: bool = Field(True, description="On a re-run, try failed rows again (ok rows are always kept).")
+    budget_usd: float | None = Field(None, gt=0, description="Stop starting conversations past this cost.")
+    budget_tokens: int | None = Field(None, gt=0, description="Stop starting conversations past this many tokens.")
+    cache_calls: bool = Field(True, description="Cache answered calls on disk so a resumed run pays for none twice.")
+
+    def content_fingerprint_fields(self) -> dict[str, Any]:
+        """What decides a conversation's content (not how fast or how much we run): the row ids hash this."""
+        return self.model_dump(
+            mode="json",
+            include={"sources", "preset", "min_mistakes", "max_mistakes", "mistake_kinds", "json_mode",
+                     "temperature", "max_new_tokens", "max_turns", "teacher_endpoint", "student_endpoint"},
+        )
+
+
 class SeflConfig(StrictModel):
     """The whole run: shared settings and one section per stage."""
 
@@ -65,6 +114,7 @@ class SeflConfig(StrictModel):
         default_factory=list, description="OpenAI-compatible endpoints the stages may call, by name."
     )
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
     def endpoint(self, name: str) -> EndpointConfig:
         for endpoint in self.endpoints:

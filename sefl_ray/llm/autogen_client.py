@@ -144,7 +144,7 @@ class EndpointChatCompletionClient(ChatCompletionClient):
             usage=RequestUsage(
                 prompt_tokens=result.record.prompt_tokens, completion_tokens=result.record.completion_tokens
             ),
-            cached=False,
+            cached=result.record.cached,
         )
 
     async def create_stream(
@@ -227,7 +227,7 @@ class EndpointChatCompletionClient(ChatCompletionClient):
                     f"json_output={json_output.__name__} asked of a model whose model_info says structured_output "
                     "is False"
                 )
-            params["response_format"] = _json_schema_format(json_output)
+            params["response_format"] = json_schema_response_format(json_output)
         else:
             raise ValueError(f"json_output must be None, a bool or a pydantic BaseModel subclass, got {json_output!r}")
         return params
@@ -259,7 +259,7 @@ def _to_openai_message(message: LLMMessage) -> dict[str, str]:
     raise ValueError(f"unsupported AutoGen message type {type(message).__name__}")
 
 
-def _json_schema_format(model: type[BaseModel]) -> dict[str, Any]:
+def json_schema_response_format(model: type[BaseModel]) -> dict[str, Any]:
     # OpenAI accepts schema names of [a-zA-Z0-9_-]{1,64}; generic models are named like `Answer[int]`.
     name = re.sub(r"[^a-zA-Z0-9_-]", "_", model.__name__)[:64] or "output"
     # strict=False: vLLM, Ollama and others reject or ignore strict schemas, and pydantic's schema is not always

@@ -12,6 +12,7 @@ from typing import Any
 import openai
 
 from sefl_ray.config import RetryConfig
+from sefl_ray.llm.cache import CallCache, request_key
 from sefl_ray.llm.endpoint import EndpointConfig, read_api_key
 from sefl_ray.llm.ratelimit import RateLimiter
 from sefl_ray.llm.retry import Failure, MalformedResponse, backoff_delay_s, classify_failure
@@ -49,6 +50,7 @@ class EndpointClient:
         retry: RetryConfig | None = None,
         limiter: Any | None = None,
         seed: int | None = None,
+        cache: CallCache | None = None,
     ):
         self.endpoint = endpoint
         self.retry = retry or RetryConfig()
@@ -59,11 +61,17 @@ class EndpointClient:
         )
         self._slots = asyncio.Semaphore(endpoint.max_concurrency)
         self._rng = random.Random(seed)
+        self._cache = cache
 
     async def chat(self, messages: list[dict[str, Any]], **params: Any) -> ChatResult:
         """One chat completion, retried per our policy. Raises `EndpointCallFailed` when it cannot succeed."""
         record = CallRecord(endpoint=self.endpoint.name, model=self.endpoint.model)
         started = time.monotonic()
+        cache_key = request_key(self.endpoint.model, messages, params) if self._cache else None
+        if cache_key and (hit := self._cache.get(cache_key)) is not None:
+            record.prompt_tokens, record.completion_tokens = hit["prompt_tokens"], hit["completion_tokens"]
+            record.cached, record.cost_usd = True, 0.0 if self.endpoint.price_input_per_1m is not None else None
+            return ChatResult(text=hit["text"], finish_reason=hit["finish_reason"], record=record)
         estimated_tokens = _estimate_tokens(messages, params.get("max_tokens"))
         async with self._slots:
             while True:
@@ -92,6 +100,10 @@ class EndpointClient:
                     self.endpoint.price_output_per_1m,
                 )
                 record.latency_s = time.monotonic() - started
+                if cache_key:
+                    self._cache.put(cache_key, {"text": text, "finish_reason": finish_reason,
+                                                "prompt_tokens": record.prompt_tokens,
+                                                "completion_tokens": record.completion_tokens})
                 return ChatResult(text=text, finish_reason=finish_reason, record=record)
 
     async def close(self) -> None:

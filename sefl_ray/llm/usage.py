@@ -17,6 +17,7 @@ class CallRecord:
     attempts: int = 0
     cost_usd: float | None = None
     status: str = "ok"
+    cached: bool = False
     error: str | None = None
     errors_seen: list[str] = field(default_factory=list)
 

@@ -1,0 +1,1 @@
+"""What stages hand each other: the synthesized record, its SFT views, the SEFL-compatible export."""

@@ -1,0 +1,372 @@
+"""Turn synthesized records into a Hugging Face dataset with the published SEFL dataset's columns, plus a card.
+
+`run_export` reads the records (one row per id, see `read_records`), keeps the `ok` ones, splits them into `train`
+and `valid` by a seeded shuffle of the sorted ids (so the split depends on the seed only, never on file order), and
+writes the same `DatasetDict` three ways under the output folder:
+
+    hf/                       `DatasetDict.save_to_disk`, for `datasets.load_from_disk`
+    parquet/{split}.parquet   one file per split, what the Hub's dataset viewer and `load_dataset` read
+    README.md                 a dataset card: YAML front matter for the Hub, counts, fingerprints, models, usage
+    export_summary.json       the card's numbers, for the report and for `export_summary`
+
+The first columns are SEFL's (`assignment`, `prompt`, `completion`, `messages`, `text`, `errors`, `feedback`), so
+SEFL's fine-tuning code and ours read either dataset; our own columns follow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+import yaml
+from pydantic import Field
+
+from sefl_ray.config import StrictModel, config_fingerprint
+from sefl_ray.data.records import read_records
+from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, render_completion, render_prompt, to_chat_messages
+from sefl_ray.errors import InputNotFoundError
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid")
+SEFL_COLUMNS = ("assignment", "prompt", "completion", "messages", "text", "errors", "feedback")
+OWN_COLUMNS = (
+    "id", "source_id", "submission", "teacher_model", "student_model", "preset", "config_fingerprint",
+)
+SUMMARY_FILE = "export_summary.json"
+
+_STRING = datasets.Value("string")
+_MESSAGES = datasets.List({"role": _STRING, "content": _STRING})
+
+
+class ExportConfig(StrictModel):
+    valid_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of the exported rows that go to the `valid` split (rounded)."
+    )
+    min_valid: int = Field(
+        1, ge=1, description="Fewest rows in `valid`, whatever the fraction (`train` always keeps at least one)."
+    )
+    system_prompt: str | None = Field(
+        None, description="System message of the `messages` column; None: the default feedback-giver instructions."
+    )
+    include_failed: bool = Field(
+        False, description="Export failed rows too (with a `status` column); by default only `ok` rows are exported."
+    )
+    license: str = Field(
+        "other",
+        description="License id written in the dataset card, e.g. 'cc-by-4.0'. It depends on the terms of the "
+        "models that wrote the data, hence 'other' until you say.",
+    )
+
+
+def run_export(
+    records_dir: str | Path,
+    out_dir: str | Path,
+    export_config: ExportConfig,
+    *,
+    seed: int = 0,
+    dataset_name: str = "sefl-ray synthetic feedback",
+) -> Path:
+    """Export the records under `records_dir` to `out_dir` (see the module docstring); returns `out_dir`."""
+    records_dir, out_dir = Path(records_dir), Path(out_dir)
+    records = _read_exportable_records(records_dir)
+    statuses = records["status"].to_pylist()
+    keep = [status == "ok" or export_config.include_failed for status in statuses]
+    rows = records.filter(pa.array(keep)).to_pylist()
+    if not rows:
+        raise InputNotFoundError(
+            f"none of the {len(statuses)} records under {records_dir} is ok (all failed; their `error` column says "
+            "why): fix the synthesis and run it again, or set export.include_failed=true to export them anyway"
+        )
+
+    if len(rows) < 2:
+        raise InputNotFoundError(
+            f"only {len(rows)} exportable record under {records_dir}: the export needs at least 2, one for train and "
+            "one for valid; synthesize more"
+        )
+    split_ids = split_record_ids([row["id"] for row in rows], export_config, seed=seed)
+    system_prompt = export_config.system_prompt or DEFAULT_SYSTEM_PROMPT
+    rows_by_id = {row["id"]: row for row in rows}
+    features = _features(export_config.include_failed)
+    dataset_dict = datasets.DatasetDict(
+        {
+            split: _build_split([rows_by_id[row_id] for row_id in ids], features, system_prompt)
+            for split, ids in split_ids.items()
+        }
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf_dir, parquet_dir = out_dir / "hf", out_dir / "parquet"
+    for stale in (hf_dir, parquet_dir):  # a previous export's shards must not linger beside the new ones
+        if stale.exists():
+            shutil.rmtree(stale)
+    dataset_dict.save_to_disk(str(hf_dir))
+    parquet_dir.mkdir(parents=True)
+    for split, dataset in dataset_dict.items():
+        dataset.to_parquet(str(parquet_dir / f"{split}.parquet"))
+
+    summary = _summarize(records, rows, dataset_dict, export_config, seed=seed, dataset_name=dataset_name)
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    (out_dir / "README.md").write_text(render_dataset_card(summary))
+    logger.info(
+        "exported %d of %d records to %s (train %d, valid %d; %d failed records %s)",
+        len(rows), len(statuses), out_dir, summary["splits"]["train"], summary["splits"]["valid"],
+        summary["records"]["failed"], "included" if export_config.include_failed else "left out",
+    )
+    return out_dir
+
+
+def export_summary(out_dir: str | Path) -> dict[str, Any]:
+    """The numbers of an export (splits, record counts, fingerprints, models, usage), as `run_export` wrote them."""
+    path = Path(out_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise InputNotFoundError(f"no export under {out_dir} ({SUMMARY_FILE} is missing): run the export first")
+    return json.loads(path.read_text())
+
+
+def split_record_ids(ids: list[str], export_config: ExportConfig, *, seed: int) -> dict[str, list[str]]:
+    """Seeded shuffle of the sorted ids: the first `n_valid` go to `valid`, the rest to `train`. Sorting first makes
+    the split a function of (ids, seed) only, whatever order the record files were read in. Needs 2 ids or more:
+    neither split may be empty (datasets 5.2 saves an empty split that `load_from_disk` cannot read back)."""
+    shuffled = sorted(ids)
+    random.Random(seed).shuffle(shuffled)
+    wanted = max(export_config.min_valid, round(len(shuffled) * export_config.valid_fraction))
+    n_valid = min(wanted, len(shuffled) - 1)  # train keeps at least one row
+    if n_valid < wanted:
+        logger.warning(
+            "only %d exportable records: valid gets %d rows instead of %d so that train keeps one",
+            len(shuffled), n_valid, wanted,
+        )
+    return {"train": shuffled[n_valid:], "valid": shuffled[:n_valid]}
+
+
+def render_errors(errors: list[str] | None) -> str:
+    """The student's deliberate mistakes as one text, one per line: `1. …\\n2. …`."""
+    return "\n".join(f"{number}. {error}" for number, error in enumerate(errors or [], start=1))
+
+
+def _read_exportable_records(records_dir: Path) -> pa.Table:
+    if not records_dir.is_dir():
+        raise InputNotFoundError(
+            f"records folder not found: {records_dir}; run the synthesis stage first or point the export at the "
+            "folder holding its parquet files"
+        )
+    records = read_records(records_dir)
+    if records.num_rows == 0:
+        raise InputNotFoundError(
+            f"no readable records (*.parquet) under {records_dir}; run the synthesis stage first"
+        )
+    return records
+
+
+def _features(include_status: bool) -> datasets.Features:
+    columns: dict[str, Any] = {name: _STRING for name in (*SEFL_COLUMNS, *OWN_COLUMNS)}
+    columns["messages"] = _MESSAGES
+    if include_status:
+        columns["status"] = _STRING
+    return datasets.Features(columns)
+
+
+def _build_split(rows: list[dict[str, Any]], features: datasets.Features, system_prompt: str) -> datasets.Dataset:
+    columns: dict[str, list[Any]] = {name: [] for name in features}
+    for row in rows:
+        for name, value in _export_row(row, system_prompt).items():
+            if name in columns:
+                columns[name].append(value)
+    return datasets.Dataset.from_dict(columns, features=features)
+
+
+def _export_row(row: dict[str, Any], system_prompt: str) -> dict[str, Any]:
+    """One record in the export's shape. Failed rows (only with include_failed) may lack fields: they become ''."""
+    assignment, submission, feedback = row["assignment"] or "", row["submission"] or "", row["feedback"] or ""
+    return {
+        "assignment": assignment,
+        "prompt": render_prompt(assignment, submission),
+        "completion": render_completion(feedback),
+        "messages": to_chat_messages(assignment, submission, feedback, system_prompt=system_prompt),
+        "text": row["source_text"] or "",
+        "errors": render_errors(row["errors"]),
+        "feedback": feedback,
+        "id": row["id"],
+        "source_id": row["source_id"] or "",
+        "submission": submission,
+        "teacher_model": row["teacher_model"] or "",
+        "student_model": row["student_model"] or "",
+        "preset": row["preset"] or "",
+        "config_fingerprint": row["config_fingerprint"] or "",
+        "status": row["status"],
+    }
+
+
+def _summarize(
+    records: pa.Table,
+    rows: list[dict[str, Any]],
+    dataset_dict: datasets.DatasetDict,
+    export_config: ExportConfig,
+    *,
+    seed: int,
+    dataset_name: str,
+) -> dict[str, Any]:
+    statuses = records["status"].to_pylist()
+    return {
+        "dataset_name": dataset_name,
+        "splits": {split: dataset_dict[split].num_rows for split in SPLITS},
+        "records": {
+            "total": len(statuses),
+            "ok": statuses.count("ok"),
+            "failed": len(statuses) - statuses.count("ok"),
+            "exported": len(rows),
+        },
+        "config_fingerprints": sorted({row["config_fingerprint"] for row in rows if row["config_fingerprint"]}),
+        "teacher_models": sorted({row["teacher_model"] for row in rows if row["teacher_model"]}),
+        "student_models": sorted({row["student_model"] for row in rows if row["student_model"]}),
+        "presets": sorted({row["preset"] for row in rows if row["preset"]}),
+        "seed": seed,
+        "export_config": export_config.model_dump(mode="json"),
+        "export_fingerprint": config_fingerprint({"export": export_config.model_dump(mode="json"), "seed": seed}),
+        "usage": _usage_totals(records["usage"].to_pylist()),
+        "columns": list(dataset_dict["train"].column_names),
+    }
+
+
+def _usage_totals(usage_lists: list[list[dict[str, Any]] | None]) -> list[dict[str, Any]]:
+    """Token, call and cost totals per (role, model), over every record read, failed ones included (they cost too).
+    A cost is summed where known; entries without one are counted, so a partial total is never taken for a whole."""
+    totals: dict[tuple[str, str], dict[str, Any]] = defaultdict(
+        lambda: {"calls": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None,
+                 "entries_without_cost": 0}
+    )
+    for usage in usage_lists:
+        for entry in usage or []:
+            total = totals[(entry["role"] or "?", entry["model"] or "?")]
+            for key in ("calls", "retries", "prompt_tokens", "completion_tokens"):
+                total[key] += entry[key] or 0
+            if entry["cost_usd"] is None:
+                total["entries_without_cost"] += 1
+            else:
+                total["cost_usd"] = (total["cost_usd"] or 0.0) + entry["cost_usd"]
+    return [{"role": role, "model": model, **total} for (role, model), total in sorted(totals.items())]
+
+
+def render_dataset_card(summary: dict[str, Any]) -> str:
+    """README.md for the export folder: YAML front matter the Hub reads (license, task, `configs` pointing at the
+    parquet files), then what the data is, where it came from and what it cost."""
+    exported = sum(summary["splits"].values())
+    front_matter = {
+        "pretty_name": summary["dataset_name"],
+        "license": summary["export_config"]["license"],
+        "language": ["en"],
+        "task_categories": ["text-generation"],
+        "tags": ["synthetic", "education", "feedback", "sefl", "sefl-ray"],
+        "size_categories": [_size_category(exported)],
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": split, "path": f"parquet/{split}.parquet"} for split in SPLITS],
+            }
+        ],
+    }
+    records, config = summary["records"], summary["export_config"]
+    lines = [
+        "---",
+        yaml.safe_dump(front_matter, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {summary['dataset_name']}",
+        "",
+        "Synthetic educational feedback in the shape of the SEFL dataset (Synthetic Educational Feedback Loops): "
+        "a teacher model writes an assignment from a source passage, a student model answers it with deliberate "
+        "mistakes, and the teacher gives feedback on each mistake. Every row was synthesized by sefl-ray; no real "
+        "student wrote any of it. The feedback is only as good as the models that wrote it: check it before use.",
+        "",
+        "## Splits",
+        "",
+        "| split | rows |",
+        "| --- | --- |",
+        *(f"| {split} | {count} |" for split, count in summary["splits"].items()),
+        "",
+        f"Split by a seeded shuffle of the sorted record ids (seed {summary['seed']}, valid fraction "
+        f"{config['valid_fraction']}, at least {config['min_valid']} valid row(s)); export fingerprint "
+        f"`{summary['export_fingerprint']}`.",
+        "",
+        "## Records",
+        "",
+        f"{records['total']} records were synthesized: {records['ok']} ok, {records['failed']} failed. "
+        + (
+            f"{records['exported']} were exported, failed ones included (see the `status` column)."
+            if config["include_failed"]
+            else f"{records['exported']} ok records were exported; failed ones were left out."
+        ),
+        "",
+        "Synthesis config fingerprint(s): " + _code_list(summary["config_fingerprints"]) + ".",
+        "",
+        "- Teacher model(s): " + _code_list(summary["teacher_models"]),
+        "- Student model(s): " + _code_list(summary["student_models"]),
+        "- Prompt preset(s): " + _code_list(summary["presets"]),
+        "",
+        "## Usage",
+        "",
+        "Tokens and cost of the synthesis, summed from the records' `usage` column (failed records included; a "
+        "retried record counts its last try only).",
+        "",
+        "| role | model | calls | retries | prompt tokens | completion tokens | cost (USD) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(_usage_row(entry) for entry in summary["usage"]),
+        "",
+        "## Columns",
+        "",
+        "The first columns are the published SEFL dataset's, so SEFL's fine-tuning code reads this dataset as is:",
+        "",
+        "- `assignment`: the teacher's task; `text`: the source passage it came from",
+        "- `prompt`: the user turn, `### ASSIGNMENT:\\n…\\n\\n### ANSWER:\\n…`",
+        "- `completion`: the assistant turn, `### FEEDBACK: …`",
+        "- `messages`: the same as chat messages (system, user, assistant)",
+        "- `errors`: the student's deliberate mistakes, one per line; `feedback`: the teacher's feedback",
+        "",
+        "Then sefl-ray's own: " + _code_list(
+            [column for column in summary["columns"] if column not in SEFL_COLUMNS]
+        ) + ".",
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from datasets import load_dataset, load_from_disk",
+        "",
+        'dataset = load_dataset("parquet", data_files={"train": "parquet/train.parquet", '
+        '"valid": "parquet/valid.parquet"})',
+        'dataset = load_from_disk("hf")  # the same rows, as saved by datasets',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _usage_row(entry: dict[str, Any]) -> str:
+    if entry["cost_usd"] is None:
+        cost = "unknown"
+    else:
+        cost = f"{entry['cost_usd']:.4f}"
+        if entry["entries_without_cost"]:
+            cost += f" (+{entry['entries_without_cost']} unknown)"
+    return (
+        f"| {entry['role']} | `{entry['model']}` | {entry['calls']} | {entry['retries']} | "
+        f"{entry['prompt_tokens']} | {entry['completion_tokens']} | {cost} |"
+    )
+
+
+def _code_list(values: list[str]) -> str:
+    return ", ".join(f"`{value}`" for value in values) if values else "none"
+
+
+def _size_category(n: int) -> str:
+    for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M")):
+        if n < bound:
+            return label
+    return "1M<n<10M" if n < 10_000_000 else "n>10M"

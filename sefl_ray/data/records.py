@@ -1,0 +1,84 @@
+"""The synthesized record: one row per conversation, `ok` or `failed`, never dropped, keyed by a stable id.
+
+Synthesis writes records as parquet files under `RUN_DIR/synth/records/`; a resumed run adds files beside the old
+ones, so a row for the same id may appear twice (a failed try, then an ok one). `read_records` is the one reader:
+it keeps the best row per id (ok over failed, newest first), which is what every consumer should see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string())])
+USAGE_TYPE = pa.struct(
+    [
+        ("role", pa.string()),
+        ("endpoint", pa.string()),
+        ("model", pa.string()),
+        ("calls", pa.int64()),
+        ("retries", pa.int64()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("cost_usd", pa.float64()),
+    ]
+)
+RECORD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),                        # stable hash of (source id, sample index, config fingerprint)
+        ("source_id", pa.string()),
+        ("source_text", pa.string()),
+        ("sample_index", pa.int64()),
+        ("preset", pa.string()),                    # prompt preset: "default" or "sefl"
+        ("assignment", pa.string()),                # the teacher's task, as the student saw it
+        ("submission", pa.string()),                # the student's answer, with deliberate mistakes
+        ("errors", pa.list_(pa.string())),          # the mistakes the student says it made, one per item
+        ("mistake_kinds", pa.list_(pa.string())),   # the kinds of mistake it was asked to make
+        ("feedback", pa.string()),                  # the teacher's feedback, rendered as one text
+        ("feedback_items", pa.list_(pa.string())),  # the feedback on each mistake, in the student's order
+        ("messages", pa.list_(MESSAGE_TYPE)),       # the whole conversation, as the agents saw it
+        ("teacher_model", pa.string()),
+        ("student_model", pa.string()),
+        ("usage", pa.list_(USAGE_TYPE)),            # one entry per role
+        ("status", pa.string()),                    # "ok" or "failed"
+        ("error", pa.string()),                     # why a row failed; null when ok
+        ("raw", pa.string()),                       # the unparseable model output of a failed row, kept for debugging
+        ("config_fingerprint", pa.string()),
+        ("finished_at", pa.float64()),              # unix time; the newest row of an id wins among equals
+    ]
+)
+RECORD_COLUMNS = RECORD_SCHEMA.names
+
+
+def record_id(source_id: str, sample_index: int, config_fingerprint: str) -> str:
+    key = f"{source_id}\x1f{sample_index}\x1f{config_fingerprint}"
+    return hashlib.sha256(key.encode()).hexdigest()[:24]
+
+
+def read_records(records_dir: str | Path) -> pa.Table:
+    """Every record under `records_dir`, one row per id (ok beats failed, then newest). Unreadable files, such
+    as one cut short by a killed run, are skipped with a warning: their rows are simply done again on resume."""
+    records_dir = Path(records_dir)
+    tables = []
+    for path in sorted(records_dir.rglob("*.parquet")) if records_dir.exists() else []:
+        try:
+            tables.append(pq.read_table(path, schema=RECORD_SCHEMA))
+        except Exception as exc:  # a truncated file from a killed writer: skip it, its rows are redone
+            logger.warning("skipping unreadable records file %s: %s", path, exc)
+    if not tables:
+        return RECORD_SCHEMA.empty_table()
+    table = pa.concat_tables(tables)
+    ids, statuses = table["id"].to_pylist(), table["status"].to_pylist()
+    finished = [t or 0.0 for t in table["finished_at"].to_pylist()]
+    best: dict[str, int] = {}
+    for index, row_id in enumerate(ids):
+        current = best.get(row_id)
+        if current is None or (statuses[index] == "ok", finished[index]) > (statuses[current] == "ok", finished[current]):
+            best[row_id] = index
+    return table.take(sorted(best.values()))

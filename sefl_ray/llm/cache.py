@@ -1,0 +1,59 @@
+"""A call cache on disk, so a re-run (after a crash, a kill, or to re-score) pays for no call twice.
+
+Each process appends to its own JSONL shard and flushes every line, so a killed run keeps everything it was
+answered; a process reads every shard once when it starts. Keys hash the model and the full request, so a changed
+prompt or sampling parameter is a miss, and the same request with the same seed is a hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+
+def request_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    canonical = json.dumps({"model": model, "messages": messages, "params": params}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class CallCache:
+    def __init__(self, cache_dir: str | Path):
+        self.cache_dir = Path(cache_dir)
+        self._entries: dict[str, dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+        self._shard = None
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            if self._entries is None:
+                self._entries = self._load()
+            return self._entries.get(key)
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        line = json.dumps({"key": key, "value": value}, ensure_ascii=False)
+        with self._lock:
+            if self._shard is None:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+                name = f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.jsonl"
+                self._shard = open(self.cache_dir / name, "a", encoding="utf-8")
+            self._shard.write(line + "\n")
+            self._shard.flush()
+            if self._entries is not None:
+                self._entries[key] = value
+
+    def _load(self) -> dict[str, dict[str, Any]]:
+        entries: dict[str, dict[str, Any]] = {}
+        for shard in sorted(self.cache_dir.glob("*.jsonl")) if self.cache_dir.exists() else []:
+            with open(shard, encoding="utf-8") as lines:
+                for line in lines:
+                    try:
+                        entry = json.loads(line)
+                    except json.JSONDecodeError:  # the last line of a killed writer may be cut short
+                        continue
+                    entries[entry["key"]] = entry["value"]
+        return entries

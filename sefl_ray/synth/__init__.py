@@ -1,0 +1,1 @@
+"""Synthesis: teacher and student agents turn educational texts into assignment, flawed answer and feedback."""

@@ -1,0 +1,241 @@
+"""`sefl-ray synth`: thousands of teacher/student conversations at once on Ray Data, resumable and budgeted.
+
+read plans -> async actors (many conversations in flight each) -> parquet, one file per block of conversations.
+Each row's id hashes (source id, sample index, config fingerprint), so a re-run plans the same rows, skips those
+already `ok`, and tries failed ones again. Answered calls are cached on disk, so work cut short by a kill is not
+paid for twice. A budget actor stops new conversations once the cost or token cap is reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import ray
+
+from sefl_ray.cluster import init_ray
+from sefl_ray.config import SeflConfig, config_fingerprint, log_resolved_config, save_resolved_config
+from sefl_ray.data.records import RECORD_SCHEMA, read_records, record_id
+from sefl_ray.errors import ConfigError
+from sefl_ray.llm.endpoint import check_api_keys
+from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
+from sefl_ray.synth.sources import load_sources
+
+logger = logging.getLogger(__name__)
+
+
+def synth_dir(config: SeflConfig) -> Path:
+    return Path(config.run_dir) / "synth"
+
+
+def run_synth(config: SeflConfig) -> Path:
+    """Synthesize every planned conversation not already done; returns the records folder."""
+    synth = config.synth
+    teacher, student = config.endpoint(synth.teacher_endpoint), config.endpoint(synth.student_endpoint)
+    if synth.min_mistakes > synth.max_mistakes:
+        raise ConfigError("synth.min_mistakes must not exceed synth.max_mistakes")
+    check_api_keys([teacher, student])
+    log_resolved_config(config, "synth")
+    out_dir = synth_dir(config)
+    records_dir = out_dir / "records"
+    save_resolved_config(config, out_dir)
+    fingerprint = synth_fingerprint(config)
+
+    plans = plan_conversations(config, fingerprint)
+    done = read_records(records_dir)
+    ok_ids = {row_id for row_id, status in zip(done["id"].to_pylist(), done["status"].to_pylist()) if status == "ok"}
+    failed_ids = set(done["id"].to_pylist()) - ok_ids
+    todo = [p for p in plans if p["id"] not in ok_ids and (synth.retry_failed or p["id"] not in failed_ids)]
+    logger.info("synth: %d planned, %d already ok, %d to run", len(plans), len(ok_ids & {p["id"] for p in plans}),
+                len(todo))
+
+    init_ray(config.ray)
+    started = time.monotonic()
+    budget = None
+    if todo:
+        limits = {e.name: Limit(e.rpm, e.tpm) for e in (teacher, student) if e.rpm or e.tpm}
+        limiter = create_shared_rate_limiter(limits) if limits else None
+        budget = BudgetActor.remote(synth.budget_usd, synth.budget_tokens)
+        _write_records(config, todo, records_dir, fingerprint, limiter, budget)
+    elapsed = time.monotonic() - started
+
+    summary = summarize(read_records(records_dir), plans, elapsed, len(todo),
+                        ray.get(budget.skipped.remote()) if budget else 0)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    logger.info("synth summary:\n%s", format_summary(summary))
+    return records_dir
+
+
+def synth_fingerprint(config: SeflConfig) -> str:
+    synth = config.synth
+    return config_fingerprint({
+        **synth.content_fingerprint_fields(),
+        "teacher_model": config.endpoint(synth.teacher_endpoint).model,
+        "student_model": config.endpoint(synth.student_endpoint).model,
+        "seed": config.seed,
+    })
+
+
+def plan_conversations(config: SeflConfig, fingerprint: str) -> list[dict[str, Any]]:
+    """Every conversation this config asks for, each with its mistakes and seed fixed by its id."""
+    synth = config.synth
+    plans = []
+    for source in load_sources(synth.sources):
+        for sample_index in range(synth.samples_per_source):
+            row_id = record_id(source["source_id"], sample_index, fingerprint)
+            rng = random.Random(f"{config.seed}:{row_id}")
+            count = rng.randint(synth.min_mistakes, synth.max_mistakes)
+            kinds = (rng.sample(synth.mistake_kinds, count) if count <= len(synth.mistake_kinds)
+                     else rng.choices(synth.mistake_kinds, k=count))
+            plans.append({"id": row_id, **source, "sample_index": sample_index, "mistake_kinds": kinds,
+                          "seed": rng.randrange(2**31)})
+            if synth.num_conversations and len(plans) >= synth.num_conversations:
+                return plans
+    return plans
+
+
+def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, budget) -> None:
+    synth = config.synth
+    calls_per_actor = max(1, math.ceil(synth.concurrency / (synth.num_actors * synth.batch_size)))
+    dataset = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / synth.batch_size)))
+    records = dataset.map_batches(
+        ConversationWorker,
+        fn_constructor_kwargs={"config_json": config.model_dump_json(), "fingerprint": fingerprint,
+                               "limiter": limiter, "budget": budget},
+        batch_size=synth.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(
+            size=synth.num_actors, max_tasks_in_flight_per_actor=calls_per_actor,
+            max_concurrent_calls_per_actor=calls_per_actor,
+        ),
+        num_cpus=0.1,  # conversations wait on the network: an actor must not starve the read task of CPU
+    )
+    # A fresh folder per attempt: a killed attempt's files stay readable beside the next attempt's.
+    records.write_parquet(str(records_dir / f"attempt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"))
+
+
+class ConversationWorker:
+    """A Ray Data actor: runs each batch's conversations concurrently on its own event loop."""
+
+    def __init__(self, config_json: str, fingerprint: str, limiter, budget):
+        self.config = SeflConfig.model_validate_json(config_json)
+        self.fingerprint = fingerprint
+        self.limiter, self.budget = limiter, budget
+        self._clients = None
+        logging.getLogger("autogen_core").setLevel(logging.WARNING)
+        logging.getLogger("autogen_agentchat").setLevel(logging.WARNING)
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        from sefl_ray.synth.conversation import ConversationPlan
+
+        teacher, student = self._endpoint_clients()
+        plans = [ConversationPlan(**row) for row in batch.to_pylist()]
+        results = await asyncio.gather(*(self._one(plan, teacher, student) for plan in plans))
+        return pa.Table.from_pylist([r for r in results if r is not None], schema=RECORD_SCHEMA)
+
+    async def _one(self, plan, teacher, student) -> dict[str, Any] | None:
+        from sefl_ray.synth.conversation import ConversationSettings, run_conversation
+
+        if not await self.budget.try_start.remote():
+            return None
+        synth = self.config.synth
+        settings = ConversationSettings(
+            preset=synth.preset, json_mode=synth.json_mode, temperature=synth.temperature,
+            max_new_tokens=min(synth.max_new_tokens, 256) if synth.preset == "sefl" else synth.max_new_tokens,
+            max_turns=synth.max_turns, config_fingerprint=self.fingerprint,
+        )
+        record = await run_conversation(plan, teacher, student, settings)
+        tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in record["usage"])
+        cost = sum(u["cost_usd"] or 0.0 for u in record["usage"])
+        await self.budget.charge.remote(tokens, cost)
+        return record
+
+    def _endpoint_clients(self):
+        if self._clients is None:
+            from sefl_ray.llm.cache import CallCache
+            from sefl_ray.llm.client import EndpointClient
+
+            synth = self.config.synth
+            cache = CallCache(synth_dir(self.config) / "call_cache") if synth.cache_calls else None
+            by_name = {}
+            for name in dict.fromkeys([synth.teacher_endpoint, synth.student_endpoint]):
+                by_name[name] = EndpointClient(self.config.endpoint(name), self.config.retry,
+                                               limiter=self.limiter, cache=cache)
+            self._clients = (by_name[synth.teacher_endpoint], by_name[synth.student_endpoint])
+        return self._clients
+
+
+class _Budget:
+    """Counts what the run has spent, across every actor, and says whether another conversation may start."""
+
+    def __init__(self, max_usd: float | None, max_tokens: int | None):
+        self.max_usd, self.max_tokens = max_usd, max_tokens
+        self.usd, self.tokens, self._skipped = 0.0, 0, 0
+
+    def try_start(self) -> bool:
+        over = (self.max_usd is not None and self.usd >= self.max_usd) or (
+            self.max_tokens is not None and self.tokens >= self.max_tokens)
+        self._skipped += over
+        return not over
+
+    def charge(self, tokens: int, usd: float) -> None:
+        self.tokens += tokens
+        self.usd += usd
+
+    def skipped(self) -> int:
+        return self._skipped
+
+
+BudgetActor = ray.remote(num_cpus=0)(_Budget)
+
+
+def summarize(records: pa.Table, plans: list[dict], elapsed_s: float, attempted: int, skipped: int) -> dict:
+    planned_ids = {p["id"] for p in plans}
+    rows = [r for r in records.to_pylist() if r["id"] in planned_ids]
+    ok = sum(r["status"] == "ok" for r in rows)
+    usage: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        for entry in row["usage"] or []:
+            key = f"{entry['role']}:{entry['model']}"
+            total = usage.setdefault(key, {"calls": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                           "cost_usd": 0.0})
+            for field in ("calls", "retries", "prompt_tokens", "completion_tokens"):
+                total[field] += entry[field]
+            total["cost_usd"] = None if entry["cost_usd"] is None or total["cost_usd"] is None else (
+                total["cost_usd"] + entry["cost_usd"])
+    reasons: dict[str, int] = {}
+    for row in rows:
+        if row["status"] != "ok":
+            reason = (row["error"] or "unknown").split(":")[0]
+            reasons[reason] = reasons.get(reason, 0) + 1
+    return {
+        "planned": len(plans), "ok": ok, "failed": len(rows) - ok, "missing": len(plans) - len(rows),
+        "skipped_by_budget": skipped, "attempted_this_run": attempted, "elapsed_s": round(elapsed_s, 3),
+        "conversations_per_s": round(attempted / elapsed_s, 3) if elapsed_s > 0 else None,
+        "usage": usage, "failure_reasons": reasons,
+    }
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"ok {summary['ok']}  failed {summary['failed']}  missing {summary['missing']}  "
+        f"skipped by budget {summary['skipped_by_budget']}  "
+        f"({summary['attempted_this_run']} run in {summary['elapsed_s']:.1f} s, "
+        f"{summary['conversations_per_s'] or 0:.2f} conversations/s)",
+        f"{'role:model':<40} {'calls':>7} {'retries':>7} {'prompt_tok':>10} {'compl_tok':>10} {'cost_usd':>9}",
+    ]
+    for key, total in summary["usage"].items():
+        cost = "n/a" if total["cost_usd"] is None else f"{total['cost_usd']:.4f}"
+        lines.append(f"{key:<40} {total['calls']:>7} {total['retries']:>7} {total['prompt_tokens']:>10} "
+                     f"{total['completion_tokens']:>10} {cost:>9}")
+    for reason, count in summary["failure_reasons"].items():
+        lines.append(f"failed: {count} x {reason}")
+    return "\n".join(lines)

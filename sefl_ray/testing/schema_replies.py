@@ -1,0 +1,55 @@
+"""Scripted LLM replies that satisfy whatever JSON schema a request asks for, for the loopback server.
+
+Synthesis and judging ask for several schemas per conversation; answering each request with the smallest valid
+instance of its own `response_format` schema lets tests and benchmarks drive the whole machinery without a model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable
+
+
+def minimal_instance(schema: dict[str, Any], defs: dict[str, Any] | None = None, text: str = "text") -> Any:
+    defs = defs if defs is not None else schema.get("$defs", {})
+    if "$ref" in schema:
+        return minimal_instance(defs[schema["$ref"].split("/")[-1]], defs, text)
+    if "anyOf" in schema:
+        return minimal_instance(schema["anyOf"][0], defs, text)
+    kind = schema.get("type", "object")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: minimal_instance(properties[name], defs, f"{text} {name}") for name in properties}
+    if kind == "array":
+        count = max(1, schema.get("minItems", 1))
+        return [minimal_instance(schema.get("items", {"type": "string"}), defs, f"{text} {i}") for i in range(count)]
+    if kind == "integer":
+        return schema.get("minimum", 1)
+    if kind == "number":
+        return schema.get("minimum", 1.0)
+    if kind == "boolean":
+        return True
+    return text.ljust(schema.get("minLength", 1), "x")
+
+
+def schema_reply(body: dict[str, Any]) -> str:
+    """A valid JSON reply to a request with a json_schema response_format; plain text otherwise."""
+    response_format = body.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        schema = response_format["json_schema"]["schema"]
+        return json.dumps(minimal_instance(schema, text=schema.get("title", "reply")))
+    if response_format.get("type") == "json_object":
+        return "{}"
+    return "a plain reply"
+
+
+def with_injected_text(text: str, when: Callable[[dict[str, Any]], bool]) -> Callable[[dict[str, Any]], str]:
+    """`schema_reply`, but string fields carry `text` in replies to requests matching `when`."""
+
+    def reply(body: dict[str, Any]) -> str:
+        if not when(body):
+            return schema_reply(body)
+        schema = body["response_format"]["json_schema"]["schema"]
+        return json.dumps(minimal_instance(schema, text=text))
+
+    return reply
