@@ -35,6 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run every stage in order on one config: the whole loop on a laptop or a cluster.",
     )
     stages.add_parser(
+        "synth", parents=[with_config], help="synthesize teacher/student feedback conversations (resumable)",
+        description="Run teacher/student conversations on Ray Data; re-running resumes where the last run stopped.",
+    )
+    stages.add_parser(
+        "export", parents=[with_config], help="turn synthesized records into a SEFL-compatible HF DatasetDict",
+        description="Export ok records as a Hugging Face DatasetDict (train/valid) with SEFL's columns and a card.",
+    )
+    push = stages.add_parser(
+        "push", help="upload a dataset or model folder to the Hugging Face Hub",
+        description="Upload a folder (an export, a merged model) to the Hub; the token comes from $HF_TOKEN.",
+    )
+    push.add_argument("folder", help="folder to upload, e.g. runs/local/export")
+    push.add_argument("--repo", required=True, help="Hub repo id, e.g. me/sefl-synthetic")
+    push.add_argument("--repo-type", choices=["dataset", "model"], default="dataset")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--token-env", default="HF_TOKEN", help="environment variable holding the Hub token")
+    push.add_argument("--dry-run", action="store_true", help="list what would be uploaded; contact nothing")
+    stages.add_parser(
         "endpoints", parents=[with_config], help="check the config's endpoints: keys set, servers answering",
         description="Check each endpoint of the config: its API key variable is set and one tiny call succeeds.",
     )
@@ -75,6 +93,14 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(prepare_embedded_model(args.name, force=args.force))
         return
 
+    if args.command == "push":
+        from sefl_ray.data.hub import push_folder
+
+        result = push_folder(args.folder, args.repo, repo_type=args.repo_type, private=args.private,
+                             token_env=args.token_env, dry_run=args.dry_run)
+        print("\n".join([result.get("url") or f"dry run: {result['repo_id']}", *result["files"]]))
+        return
+
     from sefl_ray.config import load_config
 
     config = load_config(args.config, args.overrides)
@@ -84,6 +110,14 @@ def _dispatch(args: argparse.Namespace) -> None:
         from sefl_ray.pipeline import run_pipeline
 
         print(run_pipeline(config))
+    elif args.command == "synth":
+        from sefl_ray.synth.run import run_synth
+
+        print(run_synth(config))
+    elif args.command == "export":
+        from sefl_ray.data.export import run_export_stage
+
+        print(run_export_stage(config))
     elif args.command == "endpoints":
         from sefl_ray.llm.check import run_endpoint_check
 

@@ -103,6 +103,26 @@ class SynthConfig(StrictModel):
         )
 
 
+class ExportConfig(StrictModel):
+    valid_fraction: float = Field(
+        0.1, gt=0, lt=1, description="Share of the exported rows that go to the `valid` split (rounded)."
+    )
+    min_valid: int = Field(
+        1, ge=1, description="Fewest rows in `valid`, whatever the fraction (`train` always keeps at least one)."
+    )
+    system_prompt: str | None = Field(
+        None, description="System message of the `messages` column; None: the default feedback-giver instructions."
+    )
+    include_failed: bool = Field(
+        False, description="Export failed rows too (with a `status` column); by default only `ok` rows are exported."
+    )
+    license: str = Field(
+        "other",
+        description="License id written in the dataset card, e.g. 'cc-by-4.0'. It depends on the terms of the "
+        "models that wrote the data, hence 'other' until you say.",
+    )
+
+
 class SeflConfig(StrictModel):
     """The whole run: shared settings and one section per stage."""
 
@@ -115,6 +135,7 @@ class SeflConfig(StrictModel):
     )
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
 
     def endpoint(self, name: str) -> EndpointConfig:
         for endpoint in self.endpoints:

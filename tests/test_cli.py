@@ -76,3 +76,30 @@ def test_endpoint_check_against_loopback(loopback, tmp_path):
     dead.write_text("endpoints:\n  - {name: dead, model: m, base_url: 'http://127.0.0.1:9/v1', timeout_s: 2}\n")
     result = run_cli("endpoints", str(dead), "--set", "retry.base_delay_s=0.01")
     assert_one_line_error(result, "dead", "connection error")
+
+
+def test_synth_export_push_from_the_command_line(tmp_path):
+    """A user's path: synth against an endpoint, export the dataset, dry-run the push."""
+    import datasets
+
+    from sefl_ray.testing.loopback import LoopbackServer
+    from sefl_ray.testing.schema_replies import schema_reply
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    with LoopbackServer(replies=schema_reply) as server:
+        config = tmp_path / "job.yaml"
+        config.write_text(
+            f"run_dir: {tmp_path / 'run'}\nray: {{num_cpus: 2}}\n"
+            f"endpoints:\n  - {{name: loop, model: m, base_url: '{server.base_url}'}}\n"
+            "synth: {teacher_endpoint: loop, student_endpoint: loop, num_conversations: 12}\n"
+        )
+        synth = run_cli("synth", str(config), env=env)
+        assert synth.returncode == 0, synth.stderr[-2000:]
+    export = run_cli("export", str(config))
+    assert export.returncode == 0, export.stderr[-2000:]
+    dataset = datasets.load_from_disk(str(tmp_path / "run/export/hf"))
+    assert sorted(dataset) == ["train", "valid"]
+    assert sum(len(split) for split in dataset.values()) == 12
+    push = run_cli("push", str(tmp_path / "run/export"), "--repo", "me/sefl-test", "--dry-run")
+    assert push.returncode == 0, push.stderr
+    assert "README.md" in push.stdout and "dry run" in push.stdout

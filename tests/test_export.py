@@ -322,9 +322,9 @@ class FakeHub:
             repo_key = f"{payload['type']}s/{payload['organization']}/{payload['name']}"
             if repo_key in self.repos:
                 return self._reply(handler, 409, {"error": "You already created this dataset repo",
-                                                  "url": f"{self.url}/{repo_key}"})
+                                                  "url": self._repo_url(repo_key)})
             self.repos[repo_key] = {}
-            return self._reply(handler, 200, {"url": f"{self.url}/{repo_key}", "name": repo_key})
+            return self._reply(handler, 200, {"url": self._repo_url(repo_key), "name": repo_key})
         if method == "POST" and path == "/api/validate-yaml":
             content = json.loads(body)["content"]
             yaml.safe_load(content.split("---\n")[1])  # a broken front matter fails the request loudly
@@ -349,6 +349,10 @@ class FakeHub:
             return self._reply(handler, 200, {
                 "commitUrl": f"{self.url}/{repo_key}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None})
         return self._reply(handler, 404, {"error": f"fake hub does not serve {method} {path}"})
+
+    def _repo_url(self, repo_key: str) -> str:
+        """Like the Hub: models live at /{id}, datasets at /datasets/{id}."""
+        return f"{self.url}/{repo_key.removeprefix('models/')}"
 
     @staticmethod
     def _reply(handler: BaseHTTPRequestHandler, status: int, payload: dict, headers: dict | None = None) -> None:
@@ -435,7 +439,7 @@ def test_push_a_model_folder_to_the_model_namespace(tmp_path, fake_hub):
     (tmp_path / "model" / ".git" / "HEAD").write_text("ref: refs/heads/main")
     result = push_folder(tmp_path / "model", "me/tiny", repo_type="model", token_env="SEFL_TEST_HF_TOKEN",
                          endpoint=fake_hub.url)
-    assert result["url"] == f"{fake_hub.url}/me/tiny" or result["url"].endswith("/me/tiny")
+    assert result["url"] == f"{fake_hub.url}/me/tiny"
     assert result["files"] == ["config.json", "sub/notes.txt"]
     assert [r["path"] for r in fake_hub.requests][-1] == "/api/models/me/tiny/commit/main"
     assert fake_hub.commits[0]["files"] == {"config.json": b'{"model_type": "llama"}', "sub/notes.txt": b"hello"}

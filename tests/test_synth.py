@@ -95,3 +95,57 @@ def test_rerun_skips_ok_rows_and_retries_failed_ones(ray_session, tmp_path):
         assert server.count() == first_ok_calls, "a third run has nothing left to do"
     records = read_records(tmp_path / "run/synth/records").to_pylist()
     assert len(records) == 10 and {r["status"] for r in records} == {"ok"}
+
+
+def test_kill_9_then_resume_finishes_without_duplicates_or_paying_twice(tmp_path):
+    """The driver is killed at about half way; the same command then finishes the job at <= 1.05x the calls."""
+    sefl_ray = str(Path(sys.executable).parent / "sefl-ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with LoopbackServer(LoopbackConfig(latency_s=0.1), replies=schema_reply) as server:
+        config_path = tmp_path / "synth.yaml"
+        config_path.write_text(yaml.safe_dump({
+            "run_dir": str(tmp_path / "run"),
+            "ray": {"num_cpus": 2},
+            "endpoints": [{"name": "loop", "model": "m", "base_url": server.base_url}],
+            "synth": {"teacher_endpoint": "loop", "student_endpoint": "loop", "samples_per_source": 5,
+                      "num_conversations": 200, "concurrency": 8, "batch_size": 4},
+        }))
+        clean_run_calls = 200 * CALLS_PER_CONVERSATION
+        driver = subprocess.Popen([sefl_ray, "synth", str(config_path)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 240
+        while server.count() < clean_run_calls // 2 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert driver.poll() is None, "the first run must still be going at half way"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        calls_at_kill = server.count()
+        time.sleep(2)  # let actors orphaned by the kill die
+
+        result = subprocess.run([sefl_ray, "synth", str(config_path)], env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        total_calls = server.count()
+
+    records = read_records(tmp_path / "run/synth/records").to_pylist()
+    assert len(records) == 200 and len({r["id"] for r in records}) == 200
+    assert {r["status"] for r in records} == {"ok"}
+    assert calls_at_kill < clean_run_calls
+    assert total_calls <= 1.05 * clean_run_calls, f"{total_calls} calls for a {clean_run_calls}-call job"
+
+
+def test_rpm_limit_holds_and_is_reached(ray_session, tmp_path):
+    with LoopbackServer(LoopbackConfig(latency_s=0.01, rpm_limit=120, rpm_window_s=60), replies=schema_reply) as server:
+        cfg = synth_config(tmp_path, server, "synth.samples_per_source=2", "synth.num_conversations=20",
+                           "synth.concurrency=16")
+        cfg.endpoints[0].rpm = 120
+        started = time.monotonic()
+        run_synth(cfg)
+        elapsed = time.monotonic() - started
+        assert server.rate_limited_count == 0
+        assert server.max_in_window(60.0) <= 120
+        arrivals = sorted(r.arrived_at for r in server.requests)
+    span = arrivals[-1] - arrivals[0]
+    achieved_rpm = (len(arrivals) - 1) / span * 60
+    assert len(arrivals) == 20 * CALLS_PER_CONVERSATION
+    assert achieved_rpm >= 0.95 * 120, f"{achieved_rpm:.1f} RPM of 120 ({elapsed:.1f} s)"

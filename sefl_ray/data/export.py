@@ -26,9 +26,8 @@ from typing import Any
 import datasets
 import pyarrow as pa
 import yaml
-from pydantic import Field
 
-from sefl_ray.config import StrictModel, config_fingerprint
+from sefl_ray.config import ExportConfig, config_fingerprint
 from sefl_ray.data.records import read_records
 from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, render_completion, render_prompt, to_chat_messages
 from sefl_ray.errors import InputNotFoundError
@@ -44,26 +43,6 @@ SUMMARY_FILE = "export_summary.json"
 
 _STRING = datasets.Value("string")
 _MESSAGES = datasets.List({"role": _STRING, "content": _STRING})
-
-
-class ExportConfig(StrictModel):
-    valid_fraction: float = Field(
-        0.1, gt=0, lt=1, description="Share of the exported rows that go to the `valid` split (rounded)."
-    )
-    min_valid: int = Field(
-        1, ge=1, description="Fewest rows in `valid`, whatever the fraction (`train` always keeps at least one)."
-    )
-    system_prompt: str | None = Field(
-        None, description="System message of the `messages` column; None: the default feedback-giver instructions."
-    )
-    include_failed: bool = Field(
-        False, description="Export failed rows too (with a `status` column); by default only `ok` rows are exported."
-    )
-    license: str = Field(
-        "other",
-        description="License id written in the dataset card, e.g. 'cc-by-4.0'. It depends on the terms of the "
-        "models that wrote the data, hence 'other' until you say.",
-    )
 
 
 def run_export(
@@ -252,6 +231,9 @@ def _usage_totals(usage_lists: list[list[dict[str, Any]] | None]) -> list[dict[s
                 total["entries_without_cost"] += 1
             else:
                 total["cost_usd"] = (total["cost_usd"] or 0.0) + entry["cost_usd"]
+    for total in totals.values():
+        if total["cost_usd"] is not None:
+            total["cost_usd"] = round(total["cost_usd"], 6)
     return [{"role": role, "model": model, **total} for (role, model), total in sorted(totals.items())]
 
 
@@ -370,3 +352,9 @@ def _size_category(n: int) -> str:
         if n < bound:
             return label
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
+
+
+def run_export_stage(config) -> Path:
+    """The `export` stage on a run dir: synth records in, `RUN_DIR/export` out."""
+    run_dir = Path(config.run_dir)
+    return run_export(run_dir / "synth" / "records", run_dir / "export", config.export, seed=config.seed)
