@@ -3,7 +3,9 @@
 Two presets. `sefl` follows SEFL's published protocol in our own words: the teacher returns {assignment, task},
 the student {answer, error_1..error_N}, the teacher's feedback {answer, feedback_1..feedback_N}. `default` asks for
 the same content with explicit per-mistake structure (what is wrong, why, how to fix it), which makes feedback that
-names each mistake checkable by schema instead of by reading. Both delimit the student's text in the teacher's
+names each mistake checkable by schema instead of by reading. String lengths are bounded in the default schemas so
+that a grammar-constrained small model cannot ramble inside a string until its token budget runs out. Both delimit
+the student's text in the teacher's
 prompt so instructions hidden in an answer are evaluated as text, not followed.
 """
 
@@ -11,9 +13,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, create_model
+
+# Part of every row id's fingerprint: bump it when a prompt or schema changes, so resumed runs do not mix versions.
+PROMPT_VERSION = 1
 
 MISTAKE_DESCRIPTIONS = {
     "factual": "state a fact from the text incorrectly",
@@ -71,7 +76,7 @@ def assignment_step(preset: str, source_text: str) -> Step:
             f"what a complete answer contains).\n\nText:\n{source_text}"
         )
     else:
-        schema = create_model("Assignment", assignment=(str, Field(min_length=10)))
+        schema = create_model("Assignment", assignment=(str, Field(min_length=10, max_length=600)))
         task = (
             "Read the text below and write one short assignment that a student can answer in a paragraph, "
             "using facts, numbers or reasoning from the text. Include any data the student needs. Reply as JSON: "
@@ -92,8 +97,8 @@ def student_step(preset: str, assignment: str, mistake_kinds: list[str]) -> Step
     else:
         schema = create_model(
             "StudentAnswer",
-            answer=(str, Field(min_length=1)),
-            mistakes=(list[str], Field(min_length=count, max_length=count)),
+            answer=(str, Field(min_length=1, max_length=1200)),
+            mistakes=(list[Annotated[str, Field(max_length=300)]], Field(min_length=count, max_length=count)),
         )
         reply = (
             'Reply as JSON: {"answer": "...", "mistakes": ["...", ...]} where "mistakes" lists, in order, '
@@ -115,9 +120,14 @@ def feedback_step(preset: str, source_text: str, assignment: str, submission: st
         keys = ", ".join(f'"feedback_{i}"' for i in range(1, count + 1))
         reply = f'Reply as JSON with keys "answer" (overall feedback) and {keys} (feedback on each mistake).'
     else:
-        item = create_model("MistakeFeedback", mistake=(str, ...), why=(str, ...), fix=(str, ...))
+        item = create_model(
+            "MistakeFeedback",
+            mistake=(str, Field(max_length=200)), why=(str, Field(max_length=250)), fix=(str, Field(max_length=250)),
+        )
         schema = create_model(
-            "Feedback", overall=(str, ...), items=(list[item], Field(min_length=1))  # type: ignore[valid-type]
+            "Feedback",
+            overall=(str, Field(max_length=400)),
+            items=(list[item], Field(min_length=1, max_length=count + 1)),  # type: ignore[valid-type]
         )
         reply = (
             'Reply as JSON: {"overall": "...", "items": [{"mistake": "...", "why": "...", "fix": "..."}, ...]} '

@@ -27,6 +27,7 @@ from sefl_ray.data.records import RECORD_SCHEMA, read_records, record_id
 from sefl_ray.errors import ConfigError
 from sefl_ray.llm.endpoint import check_api_keys
 from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
+from sefl_ray.synth.prompts import PROMPT_VERSION
 from sefl_ray.synth.sources import load_sources
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def synth_fingerprint(config: SeflConfig) -> str:
         "teacher_model": config.endpoint(synth.teacher_endpoint).model,
         "student_model": config.endpoint(synth.student_endpoint).model,
         "seed": config.seed,
+        "prompt_version": PROMPT_VERSION,
     })
 
 
