@@ -123,6 +123,17 @@ class ExportConfig(StrictModel):
     )
 
 
+class LocalServeConfig(StrictModel):
+    enabled: bool = Field(
+        False, description="Start a Ray Serve app on this Ray before the stages that call endpoints (local demo)."
+    )
+    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy listens on.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
+    app: dict[str, Any] = Field(
+        default_factory=dict, description="Fields of sefl_ray.serve.app.ServeAppConfig (model, batching, ...)."
+    )
+
+
 class SeflConfig(StrictModel):
     """The whole run: shared settings and one section per stage."""
 
@@ -136,6 +147,7 @@ class SeflConfig(StrictModel):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    serve: LocalServeConfig = Field(default_factory=LocalServeConfig)
 
     def endpoint(self, name: str) -> EndpointConfig:
         for endpoint in self.endpoints:

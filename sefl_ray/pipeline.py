@@ -21,7 +21,19 @@ def run_prepare_models(config: SeflConfig) -> Path:
     return Path(config.run_dir)
 
 
-STAGES = [("models", run_prepare_models)]
+def run_synth_stage(config: SeflConfig) -> Path:
+    from sefl_ray.synth.run import run_synth
+
+    return run_synth(config)
+
+
+def run_export_stage(config: SeflConfig) -> Path:
+    from sefl_ray.data.export import run_export_stage as export
+
+    return export(config)
+
+
+STAGES = [("models", run_prepare_models), ("synth", run_synth_stage), ("export", run_export_stage)]
 
 
 def run_pipeline(config: SeflConfig) -> Path:
@@ -30,8 +42,20 @@ def run_pipeline(config: SeflConfig) -> Path:
     run_dir = Path(config.run_dir)
     save_resolved_config(config, run_dir)
     init_ray(config.ray)
-    for name, run_stage in STAGES:
-        logger.info("stage %s: starting", name)
-        output = run_stage(config)
-        logger.info("stage %s: done -> %s", name, output)
+    serving = False
+    try:
+        for name, run_stage in STAGES:
+            if name == "synth" and config.serve.enabled:
+                from sefl_ray.serve.local import start_local_serve
+
+                start_local_serve(config)
+                serving = True
+            logger.info("stage %s: starting", name)
+            output = run_stage(config)
+            logger.info("stage %s: done -> %s", name, output)
+    finally:
+        if serving:
+            from sefl_ray.serve.local import stop_local_serve
+
+            stop_local_serve()
     return run_dir

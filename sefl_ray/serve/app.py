@@ -1,0 +1,605 @@
+"""The Ray Serve app that puts a feedback model (or a judge) behind an OpenAI-compatible API, so the synthesis,
+inference and judge stages talk to our own models exactly as they talk to a vendor's.
+
+One deployment, `OpenAIDeployment`, answers `POST /v1/chat/completions` and `POST /v1/completions` (plain and SSE
+streaming), `GET /v1/models`, `GET /health` and `GET /debug/batches`. Non-streaming requests are gathered into
+batches by `@serve.batch` and run on the engine in a worker thread, so the event loop keeps accepting requests while
+the model runs; streaming requests are batched the same way through `@serve.batch` on an async generator. A request
+whose `model` names a LoRA adapter from the config is served by the base model with that adapter, loaded on demand
+through `@serve.multiplexed` (least recently used adapters are unloaded past `max_adapters_per_replica`).
+
+`build_app(args)` is the application builder that `serve run serve_configs/feedback.yaml` calls; `args` are the
+fields of `ServeAppConfig`.
+
+Annotations are evaluated, not postponed: Serve pickles the deployment class by value, and FastAPI could not resolve
+a string annotation such as "Request" against the pickled methods' globals.
+"""
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import json
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Literal, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from ray import serve
+from ray.serve import Application
+from ray.serve.deployment import Deployment
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sefl_ray.config import StrictModel
+from sefl_ray.errors import ConfigError
+from sefl_ray.serve.engine_api import Engine, GenerationRequest, GenerationResult, PromptTooLong
+from sefl_ray.serve.openai_api import (
+    APIError,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    ModelCard,
+    ModelList,
+    Usage,
+    chat_completion,
+    completion,
+    error_type_for,
+    new_response_id,
+    now,
+    to_generation_request,
+)
+
+logger = logging.getLogger(__name__)
+
+VLLM_NOT_WIRED = (
+    "engine 'vllm' is not wired into this app on the CPU path: it needs `pip install 'ray[llm]'` (vLLM, CUDA) and a "
+    "GPU, and Ray Serve LLM's own OpenAI app (`ray.serve.llm.build_openai_app`) serves it; use engine: transformers "
+    "here"
+)
+
+
+# -- config --------------------------------------------------------------------------------------------------------
+
+
+class AutoscalingSettings(StrictModel):
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 lets an idle app scale to zero.")
+    max_replicas: int = Field(2, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(8, gt=0, description="Requests per replica Serve scales towards.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AutoscalingSettings":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+
+class ServeAppConfig(StrictModel):
+    """One OpenAI-compatible app: which model, how requests are batched, adapters, auth and replicas."""
+
+    model: str = Field(
+        "embedded:smollm2-135m", description="'embedded:<name>', a local HF folder, or a Hub id (loaded offline)."
+    )
+    served_model_name: str | None = Field(None, description="The name clients put in `model`; None: `model`.")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="'transformers' runs on CPU or GPU; 'vllm' is not wired here (needs ray[llm])."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights' dtype.")
+    device: str | None = Field(None, description="'cpu', 'cuda', 'cuda:1'…; None: a GPU if there is one.")
+    max_model_len: int | None = Field(None, ge=16, description="Context cap in tokens; None: the model's own.")
+    default_max_tokens: int = Field(256, ge=1, description="max_tokens of a request that does not set it.")
+    batching: bool = Field(True, description="Gather concurrent requests into batches; False: one at a time.")
+    max_batch_size: int = Field(8, ge=1, description="Most requests in one batch.")
+    batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long a batch waits to fill after its first.")
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters clients can name in `model`: name -> PEFT folder."
+    )
+    max_adapters_per_replica: int = Field(4, ge=1, description="Adapters held at once; the least recent goes.")
+    api_key_env: str | None = Field(
+        None, description="Env var holding the key clients must send as 'Authorization: Bearer'; unset: no auth."
+    )
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count, used when `autoscaling` is None.")
+    autoscaling: AutoscalingSettings | None = Field(None, description="Replica bounds and target; None: fixed.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (>= batch size).")
+    num_cpus: float = Field(1, ge=0, description="CPUs each replica reserves.")
+    num_gpus: float = Field(0, ge=0, description="GPUs each replica reserves.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ServeAppConfig":
+        if self.served_name in self.adapters:
+            raise ValueError(f"adapter name '{self.served_name}' is also the served model's name")
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
+                f"({self.max_batch_size}): batches could never fill"
+            )
+        return self
+
+    @property
+    def served_name(self) -> str:
+        return self.served_model_name or self.model
+
+
+def load_app_config(args: dict[str, Any] | ServeAppConfig | None) -> ServeAppConfig:
+    """Validate a Serve config file's `args`; raises ConfigError naming the bad field."""
+    if isinstance(args, ServeAppConfig):
+        config = args
+    else:
+        try:
+            config = ServeAppConfig.model_validate(args or {})
+        except ValidationError as error:
+            raise ConfigError(f"serve app args: {error}") from None
+    if config.engine == "vllm":
+        raise ConfigError(VLLM_NOT_WIRED)
+    return config
+
+
+def build_engine(config: ServeAppConfig) -> Engine:
+    """The engine a replica runs; imported here so that importing this module never loads torch."""
+    if config.engine == "vllm":
+        raise ConfigError(VLLM_NOT_WIRED)
+    from sefl_ray.serve.engine import TransformersEngine
+
+    return TransformersEngine(
+        config.model, dtype=config.dtype, device=config.device, max_model_len=config.max_model_len
+    )
+
+
+# -- the HTTP app --------------------------------------------------------------------------------------------------
+
+fastapi_app = FastAPI(title="sefl-ray OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@fastapi_app.exception_handler(APIError)
+async def _api_error(request: Request, error: APIError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status_code)
+
+
+@fastapi_app.exception_handler(RequestValidationError)
+async def _request_validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+    api_error = invalid_request(error.errors())
+    return JSONResponse(api_error.body(), status_code=api_error.status_code)
+
+
+@fastapi_app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+    api_error = APIError(
+        error.status_code, f"{error.detail}: {request.method} {request.url.path}",
+        error_type=error_type_for(error.status_code),
+    )
+    return JSONResponse(api_error.body(), status_code=error.status_code, headers=getattr(error, "headers", None))
+
+
+def invalid_request(errors: Any) -> APIError:
+    """A 400 in OpenAI's shape from pydantic/FastAPI validation errors; `param` names the first bad field."""
+    problems, params = [], []
+    for problem in errors:
+        location = [str(part) for part in problem.get("loc", ()) if part != "body"]
+        param = ".".join(location) or None
+        message = str(problem.get("msg", "invalid value")).removeprefix("Value error, ")
+        if problem.get("type") == "json_invalid":
+            message = f"the body is not valid JSON ({problem.get('ctx', {}).get('error', message)})"
+            param = None
+        problems.append(f"{param}: {message}" if param else message)
+        params.append(param)
+    return APIError(400, "; ".join(problems) or "invalid request", param=params[0] if params else None)
+
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+
+
+async def parse_body(request: Request, request_type: type[RequestT]) -> RequestT:
+    try:
+        return request_type.model_validate_json(await request.body())
+    except ValidationError as error:
+        raise invalid_request(error.errors()) from None
+
+
+# -- helpers -------------------------------------------------------------------------------------------------------
+
+
+class _AdapterUsers:
+    """How many requests are using each adapter, so an eviction waits for them before unloading it."""
+
+    def __init__(self) -> None:
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._changed = threading.Condition()
+
+    def enter(self, name: str) -> None:
+        with self._changed:
+            self._counts[name] += 1
+
+    def leave(self, name: str) -> None:
+        with self._changed:
+            self._counts[name] -= 1
+            if self._counts[name] <= 0:
+                del self._counts[name]
+            self._changed.notify_all()
+
+    def wait_until_unused(self, name: str) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._counts[name] <= 0)
+
+
+class _LoadedAdapter:
+    """What Serve's multiplexer caches per adapter. It calls `__del__` (in a worker thread) when it evicts one."""
+
+    def __init__(self, name: str, engine: Engine, users: _AdapterUsers) -> None:
+        self.name = name
+        self._engine = engine
+        self._users = users
+        self._unloaded = False
+
+    def __del__(self) -> None:
+        # Serve calls this on eviction, and Python may call it again at garbage collection: unload once.
+        if self._unloaded:
+            return
+        self._unloaded = True
+        try:
+            self._users.wait_until_unused(self.name)
+            self._engine.unload_adapter(self.name)
+            logger.info("unloaded adapter '%s'", self.name)
+        except Exception:
+            logger.exception("unloading adapter '%s' failed", self.name)
+
+
+class _ChunkWriter:
+    """Turns engine steps into SSE events of one streamed response (chat or legacy completion)."""
+
+    def __init__(self, body: ChatCompletionRequest | CompletionRequest) -> None:
+        self._chat = isinstance(body, ChatCompletionRequest)
+        self._id, self._model, self._created = new_response_id(body), body.model, now()
+
+    def delta(self, text: str, *, role: Literal["assistant"] | None = None) -> str:
+        if self._chat:
+            return _sse(self._chat_chunk([ChatChunkChoice(delta=ChatDelta(role=role, content=text))]).model_dump())
+        return _sse(self._completion_chunk([CompletionChoice(text=text)]).model_dump())
+
+    def finish(self, result: GenerationResult) -> str:
+        if self._chat:
+            choice = ChatChunkChoice(delta=ChatDelta(), finish_reason=result.finish_reason)
+            return _sse(self._chat_chunk([choice]).model_dump())
+        choice = CompletionChoice(text="", finish_reason=result.finish_reason)
+        return _sse(self._completion_chunk([choice]).model_dump())
+
+    def usage(self, result: GenerationResult) -> str:
+        usage = Usage.of(result.prompt_tokens, result.completion_tokens)
+        if self._chat:
+            return _sse(self._chat_chunk([], usage).model_dump())
+        return _sse(self._completion_chunk([], usage).model_dump())
+
+    def _chat_chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> ChatCompletionChunk:
+        return ChatCompletionChunk(id=self._id, created=self._created, model=self._model, choices=choices, usage=usage)
+
+    def _completion_chunk(self, choices: list[CompletionChoice], usage: Usage | None = None) -> Completion:
+        return Completion(id=self._id, created=self._created, model=self._model, choices=choices, usage=usage)
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+async def _iterate_in_thread(make_steps: Callable[..., Iterator[Any]], *args: Any) -> AsyncIterator[Any]:
+    """Run a blocking iterator in a thread of its own, handing its items to the event loop as they come.
+
+    Closing this generator early (a client went away) stops the iterator after its current step and closes it in
+    its own thread, which releases whatever it holds (the engine's lock).
+    """
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[Any] = asyncio.Queue()
+    stop = threading.Event()
+
+    def hand_over(item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening any more
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+    def produce() -> None:
+        steps = None
+        try:
+            steps = make_steps(*args)
+            for step in steps:
+                hand_over(step)
+                if stop.is_set():
+                    break
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, which raises it
+            hand_over(_Failure(error))
+        finally:
+            close = getattr(steps, "close", None)
+            if close is not None:
+                close()
+            hand_over(_DONE)
+
+    threading.Thread(target=produce, name="sefl-ray-engine-stream", daemon=True).start()
+    try:
+        while (item := await items.get()) is not _DONE:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+
+
+def _server_error(error: Exception) -> APIError:
+    return APIError(500, f"internal error: {type(error).__name__}: {error}", error_type="server_error")
+
+
+def _nothing() -> None:
+    return None
+
+
+def _api_key(env_var: str | None) -> str | None:
+    if env_var is None:
+        return None
+    key = os.environ.get(env_var)
+    if not key:
+        logger.warning("api_key_env names %s, which is not set in the replica: requests are not authenticated", env_var)
+        return None
+    return key
+
+
+# -- the deployment ----------------------------------------------------------------------------------------------------
+# Defined after every helper it uses: Serve pickles the class by value when it is decorated, with the module's
+# globals as they are at that moment.
+
+
+@serve.deployment
+@serve.ingress(fastapi_app)
+class OpenAIDeployment:
+    """An engine behind OpenAI's API. `engine_factory` builds the engine from the config (tests pass their own)."""
+
+    def __init__(
+        self,
+        config: ServeAppConfig | dict[str, Any],
+        engine_factory: Callable[[ServeAppConfig], Engine] | None = None,
+    ) -> None:
+        self._config = load_app_config(config)
+        self._engine = (engine_factory or build_engine)(self._config)
+        self._started = now()
+        self._api_key = _api_key(self._config.api_key_env)
+        for batch_handler in (self._generate_batch, self._stream_batch):
+            batch_handler.set_max_batch_size(self._config.max_batch_size)
+            batch_handler.set_batch_wait_timeout_s(self._config.batch_wait_timeout_s)
+        self._batch_sizes = {"generate": collections.deque(maxlen=1000), "stream": collections.deque(maxlen=1000)}
+        self._adapter_users = _AdapterUsers()
+
+        async def load_adapter(name: str) -> _LoadedAdapter:
+            return await self._load_adapter(name)
+
+        # Decorated per replica so the LRU size comes from the config, not from a constant at class definition.
+        self._cached_adapter = serve.multiplexed(max_num_models_per_replica=self._config.max_adapters_per_replica)(
+            load_adapter
+        )
+        logger.info(
+            "serving %s (%s) as '%s'; batching=%s, adapters=%s",
+            self._config.model, self._config.engine, self._config.served_name, self._config.batching,
+            sorted(self._config.adapters),
+        )
+
+    # -- routes --------------------------------------------------------------------------------------------------
+
+    @fastapi_app.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @fastapi_app.get("/v1/models", response_model=None)
+    async def models(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        base = self._config.served_name
+        cards = [ModelCard(id=base, created=self._started, root=self._config.model)]
+        cards += [
+            ModelCard(id=name, created=self._started, root=path, parent=base)
+            for name, path in self._config.adapters.items()
+        ]
+        return JSONResponse(ModelList(data=cards).model_dump())
+
+    @fastapi_app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(self, request: Request) -> JSONResponse | StreamingResponse:
+        self._authorize(request)
+        return await self._answer(await parse_body(request, ChatCompletionRequest))
+
+    @fastapi_app.post("/v1/completions", response_model=None)
+    async def completions(self, request: Request) -> JSONResponse | StreamingResponse:
+        self._authorize(request)
+        return await self._answer(await parse_body(request, CompletionRequest))
+
+    @fastapi_app.get("/debug/batches")
+    async def batches(self, request: Request) -> dict[str, Any]:
+        """The sizes of this replica's recent batches, oldest first: how well batching is filling."""
+        self._authorize(request)
+        return {"batching": self._config.batching, **{kind: list(sizes) for kind, sizes in self._batch_sizes.items()}}
+
+    # -- one request ---------------------------------------------------------------------------------------------
+
+    async def _answer(self, body: ChatCompletionRequest | CompletionRequest) -> JSONResponse | StreamingResponse:
+        try:
+            generation = self._generation_request(body)
+            release_adapter = await self._use_adapter(generation.adapter)
+            if body.stream:
+                # The stream holds the adapter itself, from its first step: a response that never starts (the
+                # client left first) must not keep an adapter from being evicted.
+                release_adapter()
+                events = self._events(body, generation)
+                return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            try:
+                result = await self._generate(generation)
+            finally:
+                release_adapter()
+            response_id = new_response_id(body)
+            if isinstance(body, ChatCompletionRequest):
+                return JSONResponse(chat_completion(response_id, body.model, result).model_dump())
+            return JSONResponse(completion(response_id, body.model, result).model_dump())
+        except APIError:
+            raise
+        except Exception as error:
+            logger.exception("request failed")
+            raise _server_error(error) from error
+
+    def _generation_request(self, body: ChatCompletionRequest | CompletionRequest) -> GenerationRequest:
+        adapter = self._adapter_for(body.model)
+        generation = to_generation_request(body, default_max_tokens=self._config.default_max_tokens, adapter=adapter)
+        try:
+            self._engine.check(generation)
+        except PromptTooLong as error:
+            param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+            raise APIError(400, str(error), param=param, code="context_length_exceeded") from None
+        return generation
+
+    def _adapter_for(self, model: str) -> str | None:
+        if model == self._config.served_name:
+            return None
+        if model in self._config.adapters:
+            return model
+        served = ", ".join([self._config.served_name, *self._config.adapters])
+        raise APIError(
+            404, f"The model '{model}' does not exist here; this server serves: {served}",
+            param="model", code="model_not_found",
+        )
+
+    def _authorize(self, request: Request) -> None:
+        if self._api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._api_key.encode()):
+            raise APIError(
+                401, "Missing or incorrect API key: send 'Authorization: Bearer <key>'",
+                error_type="authentication_error", code="invalid_api_key",
+            )
+
+    # -- generation ----------------------------------------------------------------------------------------------
+
+    async def _generate(self, generation: GenerationRequest) -> GenerationResult:
+        if self._config.batching:
+            return await self._generate_batch(generation)
+        self._batch_sizes["generate"].append(1)
+        [result] = await asyncio.to_thread(self._engine.generate, [generation])
+        return result
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # replaced from the config in __init__
+    async def _generate_batch(self, generations: list[GenerationRequest]) -> list[GenerationResult]:
+        self._batch_sizes["generate"].append(len(generations))
+        return await asyncio.to_thread(self._engine.generate, generations)
+
+    def _steps(self, generation: GenerationRequest) -> AsyncIterator[tuple[str, GenerationResult | None]]:
+        """One request's `(new_text, result)` steps, the last one carrying its result."""
+        if self._config.batching:
+            return self._stream_batch(generation)
+        return self._stream_alone(generation)
+
+    async def _stream_alone(self, generation: GenerationRequest) -> AsyncIterator[tuple[str, GenerationResult | None]]:
+        self._batch_sizes["stream"].append(1)
+        async with contextlib.aclosing(_iterate_in_thread(self._engine.iter_generate, [generation])) as steps:
+            async for [step] in steps:
+                yield step
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)  # replaced from the config in __init__
+    async def _stream_batch(self, generations: list[GenerationRequest]) -> AsyncIterator[list[Any]]:
+        # Serve hands item i of each yielded list to caller i; StopIteration ends that caller's stream.
+        self._batch_sizes["stream"].append(len(generations))
+        finished = [False] * len(generations)
+        async with contextlib.aclosing(_iterate_in_thread(self._engine.iter_generate, generations)) as steps:
+            async for step in steps:
+                out: list[Any] = []
+                for index, (delta, result) in enumerate(step):
+                    out.append(StopIteration if finished[index] else (delta, result))
+                    finished[index] = finished[index] or result is not None
+                yield out
+                if all(finished):
+                    return
+
+    async def _events(
+        self,
+        body: ChatCompletionRequest | CompletionRequest,
+        generation: GenerationRequest,
+    ) -> AsyncIterator[str]:
+        """The SSE stream: `data: {chunk}` events, the usage chunk if asked for, then `data: [DONE]`."""
+        chunks = _ChunkWriter(body)
+        release_adapter = _nothing
+        try:
+            release_adapter = await self._use_adapter(generation.adapter)
+            if isinstance(body, ChatCompletionRequest):
+                yield chunks.delta("", role="assistant")
+            async with contextlib.aclosing(self._steps(generation)) as steps:
+                async for delta, result in steps:
+                    if delta:
+                        yield chunks.delta(delta)
+                    if result is not None:
+                        yield chunks.finish(result)
+                        if body.include_usage():
+                            yield chunks.usage(result)
+                        break
+            yield "data: [DONE]\n\n"
+        except APIError as error:
+            yield _sse(error.body())
+        except Exception as error:
+            logger.exception("stream failed")
+            yield _sse(_server_error(error).body())
+        finally:
+            release_adapter()
+
+    # -- adapters ------------------------------------------------------------------------------------------------
+
+    async def _use_adapter(self, name: str | None) -> Callable[[], None]:
+        """Load the adapter if needed and hold it until the returned callable is called."""
+        if name is None:
+            return _nothing
+        try:
+            await self._cached_adapter(name)
+        except Exception as error:
+            logger.exception("loading adapter '%s' failed", name)
+            raise APIError(
+                500, f"could not load adapter '{name}': {type(error).__name__}: {error}", error_type="server_error"
+            ) from error
+        # No await between the cache answering and this line, so an eviction cannot slip in before the hold.
+        self._adapter_users.enter(name)
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                self._adapter_users.leave(name)
+
+        return release
+
+    async def _load_adapter(self, name: str) -> _LoadedAdapter:
+        path = self._config.adapters[name]
+        await asyncio.to_thread(self._engine.load_adapter, name, path)
+        logger.info("loaded adapter '%s' from %s", name, path)
+        return _LoadedAdapter(name, self._engine, self._adapter_users)
+
+
+# -- application builders ------------------------------------------------------------------------------------------
+
+
+def deployment_for(config: ServeAppConfig) -> Deployment:
+    """`OpenAIDeployment` with the config's replicas, autoscaling and resources applied."""
+    options: dict[str, Any] = {
+        "max_ongoing_requests": config.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
+    }
+    if config.autoscaling is not None:
+        options["autoscaling_config"] = config.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = config.num_replicas
+    return OpenAIDeployment.options(**options)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """The application builder of `serve run` configs (`import_path: sefl_ray.serve.app:build_app`)."""
+    config = load_app_config(args)
+    return deployment_for(config).bind(config)

@@ -1,0 +1,57 @@
+"""The contract between the OpenAI routes and a generation engine: what a request asks, what comes back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal, Protocol
+
+
+@dataclass
+class GenerationRequest:
+    """One request, already validated by the API layer; exactly one of `messages` / `prompt` is set."""
+
+    messages: list[dict[str, str]] | None = None
+    prompt: str | None = None
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    json_schema: dict[str, Any] | None = None  # response_format json_schema: decoding is constrained to it
+    json_object: bool = False  # response_format json_object: any JSON object
+    adapter: str | None = None  # a LoRA adapter loaded with engine.load_adapter; None: the base model
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class PromptTooLong(ValueError):
+    """The prompt plus max_tokens does not fit the model's context: the API answers 400."""
+
+
+class Engine(Protocol):
+    """What every engine offers the Serve app. `TransformersEngine` is the CPU/GPU default.
+
+    `check` raises PromptTooLong before a request joins a batch and returns its prompt token count.
+    `generate` runs a batch to completion. `iter_generate` runs a batch step by step for streaming: each item has
+    one entry per request, `(new_text, result)` where `result` is set on the step that request finishes.
+    """
+
+    model_name: str
+
+    def check(self, request: GenerationRequest) -> int: ...
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def iter_generate(
+        self, requests: list[GenerationRequest]
+    ) -> Iterator[list[tuple[str, GenerationResult | None]]]: ...
+
+    def load_adapter(self, name: str, path: str) -> None: ...
+
+    def unload_adapter(self, name: str) -> None: ...

@@ -1,0 +1,43 @@
+"""The run's own Serve app: the embedded model behind an OpenAI API on this Ray, for the stages that call one."""
+
+from __future__ import annotations
+
+import logging
+import time
+import urllib.request
+
+from sefl_ray.config import SeflConfig
+from sefl_ray.errors import SeflError
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "sefl-local"
+
+
+def start_local_serve(config: SeflConfig, timeout_s: float = 600.0) -> str:
+    """Deploy `config.serve.app` on the current Ray and wait until it answers; returns its base URL."""
+    from ray import serve
+
+    from sefl_ray.serve.app import build_app
+
+    settings = config.serve
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(build_app(settings.app), name=APP_NAME, route_prefix="/", blocking=False)
+    base_url = f"http://{settings.host}:{settings.port}/v1"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{settings.host}:{settings.port}/health", timeout=5) as response:
+                if response.status == 200:
+                    logger.info("local Serve app up at %s", base_url)
+                    return base_url
+        except OSError:
+            pass
+        time.sleep(1.0)
+    raise SeflError(f"the local Serve app did not come up on {base_url} within {timeout_s:.0f} s")
+
+
+def stop_local_serve() -> None:
+    from ray import serve
+
+    serve.delete(APP_NAME)

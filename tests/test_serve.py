@@ -1,0 +1,504 @@
+"""The Serve app end to end over HTTP on 127.0.0.1: the official `openai` client (sync, async, streaming),
+AutoGen's client, OpenAI-shaped errors, dynamic batching, LoRA adapters, bearer auth, and the `serve run` configs.
+
+Two applications start once for the module: `real` (route "/") runs `TransformersEngine` on the tiny random model,
+built by `build_app` exactly as `serve run` builds it; `echo` (route "/echo") runs `EchoEngine` below, a
+deterministic stand-in whose replies show what the app asked of the engine (stop, max_tokens, adapters loaded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+import yaml
+
+from sefl_ray.errors import ConfigError
+from sefl_ray.serve.app import ServeAppConfig, build_app, deployment_for, load_app_config
+from sefl_ray.serve.engine_api import GenerationRequest, GenerationResult, PromptTooLong
+from sefl_ray.serve.openai_api import ChatCompletionRequest, CompletionRequest, to_generation_request
+
+
+
+def _free_port() -> int:
+    """Serve's proxy binds with SO_REUSEPORT, so a second Serve on this machine (another session's tests, a
+    `serve run`) would silently share 8000 and answer half our requests: the tests take a port of their own."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+PORT = int(os.environ.get("SEFL_RAY_TEST_SERVE_PORT") or _free_port())
+SERVER = f"http://127.0.0.1:{PORT}"
+BASE_URL = f"{SERVER}/v1"
+ECHO_URL = f"{SERVER}/echo/v1"
+KEY_ENV = "SEFL_RAY_TEST_SERVE_KEY"
+KEY = "sk-test-serve"
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "serve_configs"
+MODEL_INFO = {
+    "vision": False, "function_calling": False, "json_output": True, "structured_output": True, "family": "unknown",
+}
+
+
+class EchoEngine:
+    """Replies with the prompt's words, one word a step (about 5 ms each), honouring max_tokens and stop.
+
+    A reply for an adapter starts with `[adapter|loaded adapters]`, so LRU eviction is visible to a client, and the
+    prompt `boom` raises, to see what an unexpected engine failure does.
+    """
+
+    def __init__(self, config: ServeAppConfig) -> None:
+        self.model_name = config.served_name
+        self.max_model_len = config.max_model_len or 64
+        self.loaded: list[str] = []
+
+    def check(self, request: GenerationRequest) -> int:
+        prompt_tokens = len(self._prompt(request).split())
+        if prompt_tokens + request.max_tokens > self.max_model_len:
+            raise PromptTooLong(f"{prompt_tokens} prompt words + {request.max_tokens} > {self.max_model_len}")
+        return prompt_tokens
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for step in self.iter_generate(requests):
+            for index, (_, result) in enumerate(step):
+                if result is not None:
+                    results[index] = result
+        return results  # type: ignore[return-value]
+
+    def iter_generate(self, requests: list[GenerationRequest]):
+        if any(self._prompt(request) == "boom" for request in requests):
+            raise RuntimeError("the engine blew up")
+        words = [self._reply_words(request) for request in requests]
+        texts = [""] * len(requests)
+        done = [False] * len(requests)
+        while not all(done):
+            time.sleep(0.005)
+            step: list[tuple[str, GenerationResult | None]] = []
+            for index, request in enumerate(requests):
+                if done[index]:
+                    step.append(("", None))
+                    continue
+                produced = len(texts[index].split())
+                text = texts[index] + words[index][produced] + " "
+                finish = None
+                cut = min((text.find(stop) for stop in request.stop if stop in text), default=-1)
+                if cut >= 0:
+                    text, finish = text[:cut], "stop"
+                elif produced + 1 >= request.max_tokens:
+                    finish = "length"
+                elif produced + 1 >= len(words[index]):
+                    finish = "stop"
+                delta, texts[index] = text[len(texts[index]):], text
+                result = None
+                if finish is not None:
+                    done[index] = True
+                    result = GenerationResult(text, finish, len(self._prompt(request).split()), produced + 1)
+                step.append((delta, result))
+            yield step
+
+    def load_adapter(self, name: str, path: str) -> None:
+        if not Path(path).is_dir():
+            raise FileNotFoundError(path)
+        self.loaded.append(name)
+
+    def unload_adapter(self, name: str) -> None:
+        self.loaded.remove(name)
+
+    def _reply_words(self, request: GenerationRequest) -> list[str]:
+        words = self._prompt(request).split() or ["(empty)"]
+        if request.adapter is not None:
+            words = [f"[{request.adapter}|{','.join(sorted(self.loaded))}]", *words]
+        return words
+
+    @staticmethod
+    def _prompt(request: GenerationRequest) -> str:
+        if request.messages is not None:
+            return request.messages[-1]["content"]
+        return request.prompt or ""
+
+
+# -- fixtures ------------------------------------------------------------------------------------------------------
+
+
+def _make_adapters(model_dir: str, out_dir: Path, names: list[str]) -> dict[str, str]:
+    """Random-weight LoRA adapters for the tiny model (B is not zero, so an adapter changes the output)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    paths = {}
+    for seed, name in enumerate(names):
+        torch.manual_seed(seed)
+        base = AutoModelForCausalLM.from_pretrained(model_dir)
+        lora = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+        get_peft_model(base, lora).save_pretrained(out_dir / name)
+        paths[name] = str(out_dir / name)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def serve_apps(ray_session, tiny_model_dir, tmp_path_factory):
+    """Both apps, started once; `serve.shutdown()` afterwards."""
+    from ray import cloudpickle, serve
+
+    # The echo app's replica unpickles EchoEngine; this test module is not importable there.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    adapters_dir = tmp_path_factory.mktemp("adapters")
+    real_adapters = _make_adapters(str(tiny_model_dir), adapters_dir, ["lora-a", "lora-b"])
+    echo_adapters = {}
+    for name in ("e1", "e2", "e3"):
+        (adapters_dir / name).mkdir()
+        echo_adapters[name] = str(adapters_dir / name)
+
+    serve.shutdown()  # a Serve left by another module would keep its own port
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    real_args = {
+        "model": str(tiny_model_dir), "served_model_name": "tiny", "max_model_len": 256, "default_max_tokens": 16,
+        "max_batch_size": 8, "batch_wait_timeout_s": 0.1, "adapters": real_adapters, "num_cpus": 1,
+    }
+    serve.run(build_app(real_args), name="real", route_prefix="/")
+    echo_config = ServeAppConfig(
+        model="echo", max_model_len=64, default_max_tokens=16, batching=False, adapters=echo_adapters,
+        max_adapters_per_replica=2, api_key_env=KEY_ENV, num_cpus=0.5,
+    )
+    echo = deployment_for(echo_config).options(
+        ray_actor_options={"num_cpus": 0.5, "runtime_env": {"env_vars": {KEY_ENV: KEY}}}
+    )
+    serve.run(echo.bind(echo_config, engine_factory=EchoEngine), name="echo", route_prefix="/echo")
+    yield {"real_adapters": real_adapters}
+    serve.shutdown()
+    cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+@pytest.fixture
+def client(serve_apps):
+    with openai.OpenAI(base_url=BASE_URL, api_key="anything", max_retries=0) as client:
+        yield client
+
+
+@pytest.fixture
+def echo_client(serve_apps):
+    with openai.OpenAI(base_url=ECHO_URL, api_key=KEY, max_retries=0) as client:
+        yield client
+
+
+def _chat(client: openai.OpenAI, content: str, **kwargs):
+    kwargs.setdefault("model", "tiny")
+    kwargs.setdefault("max_tokens", 12)
+    return client.chat.completions.create(messages=[{"role": "user", "content": content}], **kwargs)
+
+
+def _assert_openai_error(response: requests.Response, status: int, code: str | None = None, param: str | None = None):
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    if param is not None:
+        assert error["param"] == param
+    return error
+
+
+# -- the real engine through the official clients ------------------------------------------------------------------
+
+
+def test_sync_client_chat_and_completion(client):
+    chat = _chat(client, "Explain photosynthesis.", temperature=0)
+    assert chat.object == "chat.completion" and chat.model == "tiny"
+    assert isinstance(chat.choices[0].message.content, str)
+    assert chat.choices[0].finish_reason in {"stop", "length"}
+    assert 0 < chat.usage.completion_tokens <= 12
+    assert chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completion_tokens
+
+    legacy = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=5, temperature=0)
+    assert legacy.object == "text_completion"
+    assert 0 < legacy.usage.completion_tokens <= 5
+
+
+def test_async_client_chat(serve_apps):
+    async def scenario():
+        async with openai.AsyncOpenAI(base_url=BASE_URL, api_key="anything", max_retries=0) as client:
+            return await client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": [{"type": "text", "text": "Hi"}]}], max_tokens=6
+            )
+
+    chat = asyncio.run(scenario())
+    assert chat.choices[0].message.role == "assistant"
+    assert 0 < chat.usage.completion_tokens <= 6
+
+
+def test_stream_reassembles_to_the_non_streamed_text(client):
+    kwargs = {"temperature": 0, "max_tokens": 20, "seed": 1}
+    whole = _chat(client, "Write one sentence about rivers.", **kwargs)
+    stream = _chat(client, "Write one sentence about rivers.", stream=True, stream_options={"include_usage": True},
+                   **kwargs)
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+
+    legacy = client.completions.create(model="tiny", prompt="The sea", max_tokens=8, temperature=0, stream=True)
+    legacy_text = "".join(chunk.choices[0].text for chunk in legacy if chunk.choices)
+    assert legacy_text == client.completions.create(model="tiny", prompt="The sea", max_tokens=8,
+                                                    temperature=0).choices[0].text
+
+
+def test_models_lists_the_model_and_its_adapters(client):
+    models = {model.id: model for model in client.models.list()}
+    assert set(models) == {"tiny", "lora-a", "lora-b"}
+    assert models["lora-a"].model_extra["parent"] == "tiny"
+
+
+def test_json_schema_response_format_is_enforced(client):
+    schema = {
+        "type": "object", "properties": {"verdict": {"type": "string", "enum": ["A", "B"]}},
+        "required": ["verdict"], "additionalProperties": False,
+    }
+    chat = _chat(client, "Which answer is better?", max_tokens=24,
+                 response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}})
+    assert json.loads(chat.choices[0].message.content)["verdict"] in {"A", "B"}
+
+
+def test_adapter_is_served_by_the_base_with_the_adapter(client):
+    base = _chat(client, "Tell me a story.", temperature=0, max_tokens=12).choices[0].message.content
+    with_a = _chat(client, "Tell me a story.", model="lora-a", temperature=0, max_tokens=12)
+    with_b = _chat(client, "Tell me a story.", model="lora-b", temperature=0, max_tokens=12)
+    assert with_a.model == "lora-a"
+    assert len({base, with_a.choices[0].message.content, with_b.choices[0].message.content}) == 3
+    again = _chat(client, "Tell me a story.", temperature=0, max_tokens=12).choices[0].message.content
+    assert again == base  # the adapter is off again for base requests
+
+
+def test_autogen_client_gets_a_reply(serve_apps):
+    from autogen_core.models import UserMessage
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    async def scenario():
+        model_client = OpenAIChatCompletionClient(
+            model="tiny", base_url=BASE_URL, api_key="anything", model_info=MODEL_INFO, max_tokens=8
+        )
+        try:
+            return await model_client.create([UserMessage(content="Give feedback on 2+2=5.", source="user")])
+        finally:
+            await model_client.close()
+
+    result = asyncio.run(scenario())
+    assert isinstance(result.content, str)
+    assert result.usage.completion_tokens > 0
+
+
+# -- errors --------------------------------------------------------------------------------------------------------
+
+_GOOD = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "param"),
+    [
+        ({**_GOOD, "model": "gpt-nope"}, 404, "model_not_found", "model"),
+        ({**_GOOD, "n": 2}, 400, None, "n"),
+        ('{"model": "tiny", "messages": [', 400, None, None),
+        ({**_GOOD, "messages": [{"role": "user", "content": "word " * 400}]}, 400, "context_length_exceeded", None),
+        ({"model": "tiny"}, 400, None, "messages"),
+        ({**_GOOD, "temperature": 3}, 400, None, "temperature"),
+        ({**_GOOD, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
+         400, None, None),
+        ([1, 2], 400, None, None),
+    ],
+    ids=["unknown-model", "n=2", "malformed-json", "too-long", "no-messages", "temperature", "image", "not-object"],
+)
+def test_bad_requests_get_openai_errors_and_the_app_keeps_answering(serve_apps, body, status, code, param):
+    data = body if isinstance(body, str) else json.dumps(body)
+    response = requests.post(f"{BASE_URL}/chat/completions", data=data,
+                             headers={"Content-Type": "application/json"}, timeout=30)
+    error = _assert_openai_error(response, status, code, param)
+    assert error["type"] == "invalid_request_error"
+    assert requests.post(f"{BASE_URL}/chat/completions", json=_GOOD, timeout=30).status_code == 200
+
+
+def test_extra_fields_are_accepted_and_unknown_routes_are_openai_shaped(client):
+    chat = _chat(client, "hi", max_tokens=3, user="u1", presence_penalty=0.5, frequency_penalty=0.1, logprobs=False,
+                 extra_body={"metadata": {"run": "x"}, "max_completion_tokens": 2})
+    assert chat.usage.completion_tokens <= 2  # max_completion_tokens wins over max_tokens
+    _assert_openai_error(requests.get(f"{BASE_URL}/nope", timeout=30), 404)
+
+
+def test_unexpected_engine_failure_is_a_500_and_the_app_survives(echo_client):
+    with pytest.raises(openai.InternalServerError) as raised:
+        echo_client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "boom"}])
+    assert raised.value.body["type"] == "server_error" and "blew up" in raised.value.body["message"]
+    stream = echo_client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "boom"}], stream=True
+    )
+    with pytest.raises(openai.APIError, match="blew up"):  # headers were sent: the error comes as an event
+        list(stream)
+    reply = echo_client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "still here"}])
+    assert reply.choices[0].message.content == "still here "
+
+
+# -- batching ------------------------------------------------------------------------------------------------------
+
+
+def _batches(url: str, **kwargs) -> dict:
+    return requests.get(f"{url}/debug/batches", timeout=30, **kwargs).json()
+
+
+def test_concurrent_clients_are_answered_in_batches(serve_apps):
+    async def scenario():
+        async with openai.AsyncOpenAI(base_url=BASE_URL, api_key="anything", max_retries=0) as client:
+            async def ask(index: int):
+                return await client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": f"Question {index}?"}], max_tokens=8
+                )
+
+            async def stream(index: int) -> str:
+                chunks = await client.chat.completions.create(
+                    model="tiny", messages=[{"role": "user", "content": f"Story {index}"}], max_tokens=8, stream=True
+                )
+                return "".join([chunk.choices[0].delta.content or "" async for chunk in chunks if chunk.choices])
+
+            replies = await asyncio.gather(*(ask(index) for index in range(16)))
+            streamed = await asyncio.gather(*(stream(index) for index in range(6)))
+            return replies, streamed
+
+    before = _batches(SERVER)
+    replies, streamed = asyncio.run(scenario())
+    assert all(reply.choices[0].message.content is not None for reply in replies)
+    assert all(isinstance(text, str) for text in streamed)
+    after = _batches(SERVER)
+    generate_batches = after["generate"][len(before["generate"]):]
+    stream_batches = after["stream"][len(before["stream"]):]
+    assert sum(generate_batches) == 16 and max(generate_batches) > 1
+    assert sum(stream_batches) == 6 and max(stream_batches) > 1
+
+
+def test_batching_off_runs_requests_one_at_a_time(echo_client):
+    async def scenario():
+        async with openai.AsyncOpenAI(base_url=ECHO_URL, api_key=KEY, max_retries=0) as client:
+            return await asyncio.gather(*(
+                client.chat.completions.create(model="echo", messages=[{"role": "user", "content": f"n {index}"}])
+                for index in range(6)
+            ))
+
+    before = _batches(f"{SERVER}/echo", headers={"Authorization": f"Bearer {KEY}"})
+    replies = asyncio.run(scenario())
+    assert sorted(reply.choices[0].message.content for reply in replies) == [f"n {index} " for index in range(6)]
+    after = _batches(f"{SERVER}/echo", headers={"Authorization": f"Bearer {KEY}"})
+    assert after["batching"] is False
+    assert after["generate"][len(before["generate"]):] == [1] * 6
+
+
+def test_stop_and_max_tokens_reach_the_engine(echo_client):
+    stopped = echo_client.chat.completions.create(
+        model="echo", messages=[{"role": "user", "content": "one two three four"}], stop=["three"]
+    )
+    assert stopped.choices[0].message.content == "one two " and stopped.choices[0].finish_reason == "stop"
+    capped = echo_client.completions.create(model="echo", prompt="one two three four", max_tokens=2)
+    assert capped.choices[0].text == "one two " and capped.choices[0].finish_reason == "length"
+
+
+# -- adapters and auth ---------------------------------------------------------------------------------------------
+
+
+def test_adapters_load_on_demand_and_the_least_recent_is_unloaded(echo_client):
+    def ask(adapter: str) -> str:
+        reply = echo_client.chat.completions.create(model=adapter, messages=[{"role": "user", "content": "x"}])
+        return reply.choices[0].message.content.split()[0]
+
+    assert ask("e1") == "[e1|e1]"
+    assert ask("e2") == "[e2|e1,e2]"
+    assert ask("e3") == "[e3|e2,e3]"  # two at most: e1, the least recently used, was unloaded
+    assert ask("e3") == "[e3|e2,e3]"
+    assert ask("e1") == "[e1|e1,e3]"  # e2 went this time
+    stream = echo_client.chat.completions.create(
+        model="e2", messages=[{"role": "user", "content": "y"}], stream=True
+    )
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == "[e2|e1,e2] y "
+
+
+def test_bearer_auth_on_and_off(serve_apps):
+    chat_url = f"{ECHO_URL}/chat/completions"
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    error = _assert_openai_error(requests.post(chat_url, json=body, timeout=30), 401, "invalid_api_key")
+    assert error["type"] == "authentication_error"
+    wrong = {"Authorization": "Bearer wrong"}
+    _assert_openai_error(requests.post(chat_url, json=body, headers=wrong, timeout=30), 401)
+    _assert_openai_error(requests.get(f"{ECHO_URL}/models", headers=wrong, timeout=30), 401)
+    right = {"Authorization": f"Bearer {KEY}"}
+    assert requests.post(chat_url, json=body, headers=right, timeout=30).status_code == 200
+    assert requests.get(f"{SERVER}/echo/health", timeout=30).status_code == 200  # probes need no key
+    # The real app has no api_key_env: no header is fine.
+    assert requests.post(f"{BASE_URL}/chat/completions", json=_GOOD, timeout=30).status_code == 200
+
+
+# -- configs and request mapping (no Ray) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS_DIR.glob("*.yaml")), ids=lambda path: path.name)
+def test_serve_configs_validate(path):
+    from ray.serve._private.utils import import_attr
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    assert schema.http_options.host == "127.0.0.1" and schema.http_options.port == 8000
+    assert schema.applications
+    prefixes = [app.route_prefix for app in schema.applications]
+    assert len(set(prefixes)) == len(prefixes)
+    for app in schema.applications:
+        assert import_attr(app.import_path) is build_app
+        config = load_app_config(app.args)
+        assert config.model == "embedded:smollm2-135m"
+    assert {"ray.serve.llm", "vllm"}.isdisjoint(sys.modules)
+
+
+def test_feedback_config_autoscales():
+    schema = yaml.safe_load((CONFIGS_DIR / "feedback.yaml").read_text())
+    [app] = schema["applications"]
+    assert app["route_prefix"] == "/"
+    options = deployment_for(load_app_config(app["args"]))._deployment_config  # no public getter in 2.60
+    autoscaling = options.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 2, 8)
+
+
+def test_vllm_engine_is_a_clear_config_error():
+    with pytest.raises(ConfigError, match=r"ray\[llm\]"):
+        load_app_config({"engine": "vllm"})
+    with pytest.raises(ConfigError, match="max_batch_siz"):
+        load_app_config({"max_batch_siz": 4})
+
+
+def test_request_mapping():
+    chat = ChatCompletionRequest.model_validate({
+        "model": "m", "user": "u", "metadata": {"a": 1},
+        "messages": [
+            {"role": "developer", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
+        ],
+        "max_completion_tokens": 7, "stop": "###", "seed": 3, "temperature": 0,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+    })
+    generation = to_generation_request(chat, default_max_tokens=99, adapter="a")
+    assert generation.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "one\ntwo"}]
+    assert (generation.max_tokens, generation.stop, generation.seed, generation.temperature) == (7, ["###"], 3, 0)
+    assert generation.json_schema == {"type": "object"} and generation.adapter == "a"
+
+    legacy = CompletionRequest.model_validate({"model": "m", "prompt": ["p"], "response_format": {"type": "text"}})
+    generation = to_generation_request(legacy, default_max_tokens=99)
+    assert (generation.prompt, generation.max_tokens, generation.temperature, generation.json_object) == (
+        "p", 99, 1.0, False)
+    json_object = ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}
+    )
+    assert to_generation_request(json_object, default_max_tokens=1).json_object
