@@ -71,20 +71,21 @@ async def run_conversation(
             calls.extend(model_client.calls)
 
     record = _base_record(plan, teacher, student, settings)
+    budget = prompts.char_budget(settings.max_new_tokens)
     try:
         assignment = await ask(
             "teacher", teacher, prompts.TEACHER_SYSTEM,
-            prompts.assignment_step(settings.preset, plan.source_text), teacher_calls,
+            prompts.assignment_step(settings.preset, plan.source_text, budget), teacher_calls,
         )
         assignment_text = prompts.assignment_for_student(settings.preset, assignment)
         answer = await ask(
             "student", student, prompts.STUDENT_SYSTEM,
-            prompts.student_step(settings.preset, assignment_text, plan.mistake_kinds), student_calls,
+            prompts.student_step(settings.preset, assignment_text, plan.mistake_kinds, budget), student_calls,
         )
         feedback = await ask(
             "teacher", teacher, prompts.TEACHER_SYSTEM,
             prompts.feedback_step(settings.preset, plan.source_text, assignment_text, answer.model_dump()["answer"],
-                                  len(plan.mistake_kinds)),
+                                  len(plan.mistake_kinds), budget),
             teacher_calls,
         )
         parsed = prompts.parse_conversation(settings.preset, assignment, answer, feedback)

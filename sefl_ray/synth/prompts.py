@@ -3,8 +3,9 @@
 Two presets. `sefl` follows SEFL's published protocol in our own words: the teacher returns {assignment, task},
 the student {answer, error_1..error_N}, the teacher's feedback {answer, feedback_1..feedback_N}. `default` asks for
 the same content with explicit per-mistake structure (what is wrong, why, how to fix it), which makes feedback that
-names each mistake checkable by schema instead of by reading. String lengths are bounded in the default schemas so
-that a grammar-constrained small model cannot ramble inside a string until its token budget runs out. Both delimit
+names each mistake checkable by schema instead of by reading. String lengths in the default schemas are bounded by the
+turn's token budget (`char_budget`), so a grammar-constrained small model cannot ramble inside a string until its
+tokens run out and leave the JSON unfinished. Both delimit
 the student's text in the teacher's
 prompt so instructions hidden in an answer are evaluated as text, not followed.
 """
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, create_model
 
 # Part of every row id's fingerprint: bump it when a prompt or schema changes, so resumed runs do not mix versions.
-PROMPT_VERSION = 1
+PROMPT_VERSION = 2
 
 MISTAKE_DESCRIPTIONS = {
     "factual": "state a fact from the text incorrectly",
@@ -67,7 +68,12 @@ FEEDBACK_RULE = (
 )
 
 
-def assignment_step(preset: str, source_text: str) -> Step:
+def char_budget(max_new_tokens: int) -> int:
+    """Characters a reply may spend on string values: ~3 per token, less the JSON keys and quotes."""
+    return max(120, (max_new_tokens - 32) * 3)
+
+
+def assignment_step(preset: str, source_text: str, budget: int = 2000) -> Step:
     if preset == "sefl":
         schema = create_model("SeflAssignment", assignment=(str, ...), task=(str, ...))
         task = (
@@ -76,7 +82,7 @@ def assignment_step(preset: str, source_text: str) -> Step:
             f"what a complete answer contains).\n\nText:\n{source_text}"
         )
     else:
-        schema = create_model("Assignment", assignment=(str, Field(min_length=10, max_length=600)))
+        schema = create_model("Assignment", assignment=(str, Field(min_length=10, max_length=min(600, budget))))
         task = (
             "Read the text below and write one short assignment that a student can answer in a paragraph, "
             "using facts, numbers or reasoning from the text. Include any data the student needs. Reply as JSON: "
@@ -85,7 +91,7 @@ def assignment_step(preset: str, source_text: str) -> Step:
     return Step(task, schema)
 
 
-def student_step(preset: str, assignment: str, mistake_kinds: list[str]) -> Step:
+def student_step(preset: str, assignment: str, mistake_kinds: list[str], budget: int = 2000) -> Step:
     count = len(mistake_kinds)
     mistakes = "\n".join(f"{i}. {MISTAKE_DESCRIPTIONS.get(k, k)} ({k})" for i, k in enumerate(mistake_kinds, 1))
     if preset == "sefl":
@@ -97,8 +103,11 @@ def student_step(preset: str, assignment: str, mistake_kinds: list[str]) -> Step
     else:
         schema = create_model(
             "StudentAnswer",
-            answer=(str, Field(min_length=1, max_length=1200)),
-            mistakes=(list[Annotated[str, Field(max_length=300)]], Field(min_length=count, max_length=count)),
+            answer=(str, Field(min_length=1, max_length=min(1200, budget * 6 // 10))),
+            mistakes=(
+                list[Annotated[str, Field(max_length=min(300, budget * 4 // 10 // count))]],
+                Field(min_length=count, max_length=count),
+            ),
         )
         reply = (
             'Reply as JSON: {"answer": "...", "mistakes": ["...", ...]} where "mistakes" lists, in order, '
@@ -111,7 +120,9 @@ def student_step(preset: str, assignment: str, mistake_kinds: list[str]) -> Step
     return Step(task, schema)
 
 
-def feedback_step(preset: str, source_text: str, assignment: str, submission: str, count: int) -> Step:
+def feedback_step(
+    preset: str, source_text: str, assignment: str, submission: str, count: int, budget: int = 2000
+) -> Step:
     delimited = f"{STUDENT_OPEN}\n{_escape_student_text(submission)}\n{STUDENT_CLOSE}"
     if preset == "sefl":
         fields: dict[str, Any] = {"answer": (str, ...)}
@@ -120,13 +131,16 @@ def feedback_step(preset: str, source_text: str, assignment: str, submission: st
         keys = ", ".join(f'"feedback_{i}"' for i in range(1, count + 1))
         reply = f'Reply as JSON with keys "answer" (overall feedback) and {keys} (feedback on each mistake).'
     else:
+        per_item = budget * 3 // 4 // (count + 1)
         item = create_model(
             "MistakeFeedback",
-            mistake=(str, Field(max_length=200)), why=(str, Field(max_length=250)), fix=(str, Field(max_length=250)),
+            mistake=(str, Field(max_length=min(200, per_item // 4))),
+            why=(str, Field(max_length=min(250, per_item * 3 // 8))),
+            fix=(str, Field(max_length=min(250, per_item * 3 // 8))),
         )
         schema = create_model(
             "Feedback",
-            overall=(str, Field(max_length=400)),
+            overall=(str, Field(max_length=min(400, budget // 4))),
             items=(list[item], Field(min_length=1, max_length=count + 1)),  # type: ignore[valid-type]
         )
         reply = (

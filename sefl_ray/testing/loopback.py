@@ -11,6 +11,8 @@ Two ways to run it:
 - as a separate process, for benchmarks, so the server does not share a GIL with the client under test:
   `process, base_url = start_loopback_process(LoopbackConfig(latency_s=0.05))`, or
   `python -m sefl_ray.testing.loopback --port 8000 --latency-s 0.05`, which prints `READY <base_url>`.
+  `replies="schema"` (`--replies schema`) answers each request with the smallest instance of its JSON schema
+  (`sefl_ray.testing.schema_replies.schema_reply`), enough to drive synthesis end to end.
 """
 
 from __future__ import annotations
@@ -573,6 +575,18 @@ def _config_argv(config: LoopbackConfig) -> list[str]:
     return argv
 
 
+#: Reply scripts a separate process can be asked for by name (`--replies`): see `_named_replies`.
+_NAMED_REPLIES = ("echo", "schema")
+
+
+def _named_replies(name: str) -> Replies:
+    if name == "schema":
+        from sefl_ray.testing.schema_replies import schema_reply
+
+        return schema_reply
+    return None
+
+
 def _argument_parser() -> argparse.ArgumentParser:
     defaults = LoopbackConfig()
     parser = argparse.ArgumentParser(
@@ -581,6 +595,8 @@ def _argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (reported in the READY line)")
+    parser.add_argument("--replies", choices=sorted(_NAMED_REPLIES), default="echo",
+                        help="echo: the last user message; schema: a minimal instance of the request's JSON schema")
     for field in dataclasses.fields(LoopbackConfig):
         default = getattr(defaults, field.name)
         if field.name in ("rpm_limit", "seed"):
@@ -594,6 +610,7 @@ def _argument_parser() -> argparse.ArgumentParser:
 def _parse_args(argv: Sequence[str] | None) -> tuple[LoopbackConfig, str, int]:
     args = vars(_argument_parser().parse_args(argv))
     host, port = args.pop("host"), args.pop("port")
+    args.pop("replies")
     return LoopbackConfig(**args), host, port
 
 
@@ -614,8 +631,9 @@ async def _serve_until_signalled(server: LoopbackServer) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config, host, port = _parse_args(argv)
+    replies = _named_replies(_argument_parser().parse_args(argv).replies)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(_serve_until_signalled(LoopbackServer(config, host=host, port=port)))
+    asyncio.run(_serve_until_signalled(LoopbackServer(config, replies=replies, host=host, port=port)))
     return 0
 
 
@@ -625,10 +643,13 @@ def start_loopback_process(
     *,
     host: str = "127.0.0.1",
     startup_timeout_s: float = 30.0,
+    replies: str = "echo",
 ) -> tuple[subprocess.Popen[str], str]:
     """Run the server in its own process (so it does not compete with the client under test for the GIL) and
-    return it with its base URL once it listens. Stop it with `process.terminate(); process.wait()`."""
-    argv = [sys.executable, "-m", "sefl_ray.testing.loopback", "--host", host, "--port", str(port)]
+    return it with its base URL once it listens. Stop it with `process.terminate(); process.wait()`.
+    `replies` names the reply script: "echo" (the default) or "schema" (see the module docstring)."""
+    argv = [sys.executable, "-m", "sefl_ray.testing.loopback", "--host", host, "--port", str(port),
+            "--replies", replies]
     argv += _config_argv(config or LoopbackConfig())
     env = dict(os.environ)
     # The child must import this very package even when it is not installed (tests run from a checkout).
