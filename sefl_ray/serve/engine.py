@@ -128,7 +128,8 @@ class TransformersEngine:
             attention_mask[row, width - len(ids):] = 1
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        samplers = [_RowSampler(request, self._matcher_for(request), self.vocab_size) for request in requests]
+        samplers = [_RowSampler(request, self._matcher_for(request), self.vocab_size, self._closing_tokens())
+                    for request in requests]
         generated: list[list[int]] = [[] for _ in requests]
         texts = [""] * batch
         done = [False] * batch
@@ -143,7 +144,7 @@ class TransformersEngine:
             for row, sampler in enumerate(samplers):
                 if done[row]:
                     continue
-                token = sampler.sample(logits[row, : self.vocab_size])
+                token = sampler.sample(logits[row, : self.vocab_size], requests[row].max_tokens - len(generated[row]))
                 next_tokens[row] = token
                 finish = None
                 if token in self.stop_token_ids or sampler.terminated():
@@ -172,6 +173,17 @@ class TransformersEngine:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones((batch, 1))], dim=-1)
             position_ids = position_ids[:, -1:] + 1
 
+    def _closing_tokens(self) -> torch.Tensor:
+        """Tokens made only of JSON closers (quote, brackets, comma): favoured when a constrained reply is about
+        to run out of tokens, so it closes its strings and objects instead of being cut off mid-string."""
+        if not hasattr(self, "_closing"):
+            pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
+            ids = [i for i, piece in enumerate(pieces) if i < self.vocab_size and piece
+                   and (text := self.tokenizer.convert_tokens_to_string([piece]).strip())
+                   and set(text) <= set('"}],')]
+            self._closing = torch.tensor(ids, dtype=torch.long)
+        return self._closing
+
     def _matcher_for(self, request: GenerationRequest):
         if request.json_schema is None and not request.json_object:
             return None
@@ -196,19 +208,21 @@ class TransformersEngine:
 class _RowSampler:
     """Picks one row's next token under its own sampling parameters, seed and grammar."""
 
-    def __init__(self, request: GenerationRequest, matcher, vocab_size: int):
+    def __init__(self, request: GenerationRequest, matcher, vocab_size: int, closing_tokens: torch.Tensor):
         self.temperature, self.top_p = request.temperature, request.top_p
         self.generator = None
         if request.seed is not None:
             self.generator = torch.Generator().manual_seed(request.seed)
         self.matcher = matcher
+        self.closing_tokens = closing_tokens
+        self.wrap_up_at = min(64, max(16, request.max_tokens // 4))  # tokens left when a JSON reply starts closing
         self.bitmask = None
         if matcher is not None:
             import xgrammar as xgr
 
             self.bitmask = xgr.allocate_token_bitmask(1, vocab_size)
 
-    def sample(self, logits: torch.Tensor) -> int:
+    def sample(self, logits: torch.Tensor, tokens_left: int) -> int:
         if self.matcher is not None:
             import xgrammar as xgr
 
@@ -216,6 +230,8 @@ class _RowSampler:
             logits = logits.unsqueeze(0)
             xgr.apply_token_bitmask_inplace(logits, self.bitmask.to(logits.device))
             logits = logits.squeeze(0)
+            if tokens_left <= self.wrap_up_at:  # only allowed closers gain: the grammar's mask still rules
+                logits[self.closing_tokens.to(logits.device)] += 100.0
         if self.temperature <= 1e-5:
             token = int(torch.argmax(logits))
         else:
