@@ -60,16 +60,21 @@ def run_synth(config: SeflConfig) -> Path:
 
     init_ray(config.ray)
     started = time.monotonic()
-    budget = None
+    skipped = 0
     if todo:
         limits = {e.name: Limit(e.rpm, e.tpm) for e in (teacher, student) if e.rpm or e.tpm}
         limiter = create_shared_rate_limiter(limits) if limits else None
         budget = BudgetActor.remote(synth.budget_usd, synth.budget_tokens)
-        _write_records(config, todo, records_dir, fingerprint, limiter, budget)
+        try:
+            _write_records(config, todo, records_dir, fingerprint, limiter, budget)
+            skipped = ray.get(budget.skipped.remote())
+        finally:  # the run's helper actors end with it, also in a long-lived Ray session
+            for actor in (budget, limiter):
+                if actor is not None:
+                    ray.kill(actor)
     elapsed = time.monotonic() - started
 
-    summary = summarize(read_records(records_dir), plans, elapsed, len(todo),
-                        ray.get(budget.skipped.remote()) if budget else 0)
+    summary = summarize(read_records(records_dir), plans, elapsed, len(todo), skipped)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.info("synth summary:\n%s", format_summary(summary))
     return records_dir
