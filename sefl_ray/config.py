@@ -71,8 +71,12 @@ class SynthConfig(StrictModel):
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
     samples_per_source: int = Field(1, ge=1, description="Conversations per passage (different mistakes, seeds).")
     num_conversations: int | None = Field(None, ge=1, description="Cap on conversations; None: all planned.")
-    teacher_endpoint: str = Field("local", description="Name of the endpoint that plays the teacher.")
-    student_endpoint: str = Field("local", description="Name of the endpoint that plays the student.")
+    teacher_endpoint: str | list[str] = Field(
+        "local", description="Endpoint(s) that play the teacher; with several, conversations are spread over them."
+    )
+    student_endpoint: str | list[str] = Field(
+        "local", description="Endpoint(s) that play the student; with several, conversations are spread over them."
+    )
     preset: Literal["default", "sefl"] = Field("default", description="Prompt preset; 'sefl' follows the paper.")
     min_mistakes: int = Field(1, ge=1, description="Fewest deliberate mistakes per answer.")
     max_mistakes: int = Field(3, ge=1, description="Most deliberate mistakes per answer.")
@@ -94,12 +98,16 @@ class SynthConfig(StrictModel):
     budget_tokens: int | None = Field(None, gt=0, description="Stop starting conversations past this many tokens.")
     cache_calls: bool = Field(True, description="Cache answered calls on disk so a resumed run pays for none twice.")
 
+    def endpoint_names(self, role: Literal["teacher", "student"]) -> list[str]:
+        names = self.teacher_endpoint if role == "teacher" else self.student_endpoint
+        return [names] if isinstance(names, str) else list(names)
+
     def content_fingerprint_fields(self) -> dict[str, Any]:
         """What decides a conversation's content (not how fast or how much we run): the row ids hash this."""
         return self.model_dump(
             mode="json",
             include={"sources", "preset", "min_mistakes", "max_mistakes", "mistake_kinds", "json_mode",
-                     "temperature", "max_new_tokens", "max_turns", "teacher_endpoint", "student_endpoint"},
+                     "temperature", "max_new_tokens", "max_turns"},
         )
 
 

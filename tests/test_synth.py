@@ -149,3 +149,20 @@ def test_rpm_limit_holds_and_is_reached(ray_session, tmp_path):
     achieved_rpm = (len(arrivals) - 1) / span * 60
     assert len(arrivals) == 20 * CALLS_PER_CONVERSATION
     assert achieved_rpm >= 0.95 * 120, f"{achieved_rpm:.1f} RPM of 120 ({elapsed:.1f} s)"
+
+
+def test_several_endpoints_share_a_role(ray_session, tmp_path):
+    with LoopbackServer(replies=schema_reply) as first, LoopbackServer(replies=schema_reply) as second:
+        cfg = load_config(None, [
+            f"run_dir={tmp_path / 'run'}",
+            f"endpoints=[{{name: a, model: m, base_url: '{first.base_url}'}}, "
+            f"{{name: b, model: m, base_url: '{second.base_url}'}}]",
+            "synth.teacher_endpoint=[a, b]", "synth.student_endpoint=[a, b]", "synth.samples_per_source=2",
+            "synth.num_conversations=40",
+        ])
+        run_synth(cfg)
+        first_calls, second_calls = first.count(), second.count()
+    assert first_calls + second_calls == 40 * CALLS_PER_CONVERSATION
+    assert first_calls >= 30 and second_calls >= 30, (first_calls, second_calls)
+    records = read_records(tmp_path / "run/synth/records").to_pylist()
+    assert {r["status"] for r in records} == {"ok"} and len(records) == 40

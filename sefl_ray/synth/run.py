@@ -40,10 +40,10 @@ def synth_dir(config: SeflConfig) -> Path:
 def run_synth(config: SeflConfig) -> Path:
     """Synthesize every planned conversation not already done; returns the records folder."""
     synth = config.synth
-    teacher, student = config.endpoint(synth.teacher_endpoint), config.endpoint(synth.student_endpoint)
+    role_endpoints = [config.endpoint(name) for role in ("teacher", "student") for name in synth.endpoint_names(role)]
     if synth.min_mistakes > synth.max_mistakes:
         raise ConfigError("synth.min_mistakes must not exceed synth.max_mistakes")
-    check_api_keys([teacher, student])
+    check_api_keys(role_endpoints)
     log_resolved_config(config, "synth")
     out_dir = synth_dir(config)
     records_dir = out_dir / "records"
@@ -62,7 +62,7 @@ def run_synth(config: SeflConfig) -> Path:
     started = time.monotonic()
     skipped = 0
     if todo:
-        limits = {e.name: Limit(e.rpm, e.tpm) for e in (teacher, student) if e.rpm or e.tpm}
+        limits = {e.name: Limit(e.rpm, e.tpm) for e in role_endpoints if e.rpm or e.tpm}
         limiter = create_shared_rate_limiter(limits) if limits else None
         budget = BudgetActor.remote(synth.budget_usd, synth.budget_tokens)
         try:
@@ -84,8 +84,8 @@ def synth_fingerprint(config: SeflConfig) -> str:
     synth = config.synth
     return config_fingerprint({
         **synth.content_fingerprint_fields(),
-        "teacher_model": config.endpoint(synth.teacher_endpoint).model,
-        "student_model": config.endpoint(synth.student_endpoint).model,
+        "teacher_models": sorted({config.endpoint(name).model for name in synth.endpoint_names("teacher")}),
+        "student_models": sorted({config.endpoint(name).model for name in synth.endpoint_names("student")}),
         "seed": config.seed,
         "prompt_version": PROMPT_VERSION,
     })
@@ -143,9 +143,8 @@ class ConversationWorker:
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from sefl_ray.synth.conversation import ConversationPlan
 
-        teacher, student = self._endpoint_clients()
         plans = [ConversationPlan(**row) for row in batch.to_pylist()]
-        results = await asyncio.gather(*(self._one(plan, teacher, student) for plan in plans))
+        results = await asyncio.gather(*(self._one(plan, *self._clients_for(plan)) for plan in plans))
         return pa.Table.from_pylist([r for r in results if r is not None], schema=RECORD_SCHEMA)
 
     async def _one(self, plan, teacher, student) -> dict[str, Any] | None:
@@ -165,19 +164,21 @@ class ConversationWorker:
         await self.budget.charge.remote(tokens, cost)
         return record
 
-    def _endpoint_clients(self):
+    def _clients_for(self, plan):
+        """The teacher and student clients of one conversation: several endpoints per role share the load,
+        each conversation pinned to one by its id so a re-run asks the same endpoint."""
         if self._clients is None:
             from sefl_ray.llm.cache import CallCache
             from sefl_ray.llm.client import EndpointClient
 
             synth = self.config.synth
             cache = CallCache(synth_dir(self.config) / "call_cache") if synth.cache_calls else None
-            by_name = {}
-            for name in dict.fromkeys([synth.teacher_endpoint, synth.student_endpoint]):
-                by_name[name] = EndpointClient(self.config.endpoint(name), self.config.retry,
-                                               limiter=self.limiter, cache=cache)
-            self._clients = (by_name[synth.teacher_endpoint], by_name[synth.student_endpoint])
-        return self._clients
+            names = dict.fromkeys(synth.endpoint_names("teacher") + synth.endpoint_names("student"))
+            self._clients = {name: EndpointClient(self.config.endpoint(name), self.config.retry,
+                                                  limiter=self.limiter, cache=cache) for name in names}
+        slot = int(plan.id[:8], 16)
+        teachers, students = self.config.synth.endpoint_names("teacher"), self.config.synth.endpoint_names("student")
+        return self._clients[teachers[slot % len(teachers)]], self._clients[students[slot % len(students)]]
 
 
 class _Budget:
