@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         "export", parents=[with_config], help="turn synthesized records into a SEFL-compatible HF DatasetDict",
         description="Export ok records as a Hugging Face DatasetDict (train/valid) with SEFL's columns and a card.",
     )
+    stages.add_parser(
+        "infer", parents=[with_config], help="generate feedback for a test set (local model actors or an endpoint)",
+        description="Batch inference on Ray Data: one output row per test row, failed rows kept with the reason.",
+    )
     push = stages.add_parser(
         "push", help="upload a dataset or model folder to the Hugging Face Hub",
         description="Upload a folder (an export, a merged model) to the Hub; the token comes from $HF_TOKEN.",
@@ -118,6 +122,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         from sefl_ray.data.export import run_export_stage
 
         print(run_export_stage(config))
+    elif args.command == "infer":
+        from sefl_ray.infer.run import run_infer
+
+        print(run_infer(config))
     elif args.command == "endpoints":
         from sefl_ray.llm.check import run_endpoint_check
 

@@ -142,6 +142,26 @@ class LocalServeConfig(StrictModel):
     )
 
 
+class InferConfig(StrictModel):
+    input: str | None = Field(
+        None, description="Test set: a `datasets` folder (our export's `hf`), .parquet or .jsonl with `messages` "
+        "or `prompt` (or `assignment` + `submission`); None: RUN_DIR/export/hf."
+    )
+    split: str = Field("valid", description="Split to read when `input` is a DatasetDict folder.")
+    name: str = Field("base", description="Name of this system's outputs: RUN_DIR/infer/<name>/.")
+    mode: Literal["endpoint", "local"] = Field(
+        "endpoint", description="'endpoint': call an OpenAI-compatible endpoint; 'local': model actors on Ray."
+    )
+    endpoint: str = Field("local", description="Endpoint name in mode 'endpoint'.")
+    model: str = Field("embedded:smollm2-135m", description="Model (name or folder) in mode 'local'.")
+    max_new_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2, description="0: greedy, reproducible.")
+    batch_size: int = Field(8, ge=1, description="Rows per Ray Data batch (one generate call in mode 'local').")
+    num_actors: int = Field(1, ge=1, description="Model actors (local) or async caller actors (endpoint).")
+    concurrency: int = Field(16, ge=1, description="Calls in flight per actor in mode 'endpoint'.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
+
+
 class SeflConfig(StrictModel):
     """The whole run: shared settings and one section per stage."""
 
@@ -156,6 +176,7 @@ class SeflConfig(StrictModel):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     serve: LocalServeConfig = Field(default_factory=LocalServeConfig)
+    infer: InferConfig = Field(default_factory=InferConfig)
 
     def endpoint(self, name: str) -> EndpointConfig:
         for endpoint in self.endpoints:

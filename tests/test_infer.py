@@ -1,0 +1,52 @@
+"""Batch inference on 50 rows: local model actors with the tiny model, and a faulty endpoint."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from sefl_ray.config import load_config
+from sefl_ray.errors import InputNotFoundError
+from sefl_ray.infer.run import run_infer
+from sefl_ray.testing.loopback import LoopbackConfig, LoopbackServer
+
+
+@pytest.fixture
+def test_set(tmp_path):
+    path = tmp_path / "test.jsonl"
+    with open(path, "w") as out:
+        for index in range(50):
+            out.write(json.dumps({"id": f"item-{index}", "assignment": f"Compute {index} + {index}.",
+                                  "submission": f"It is {index * 3}."}) + "\n")
+    return path
+
+
+def test_local_model_actors_give_one_row_per_input(ray_session, tiny_model_dir, test_set, tmp_path):
+    config = load_config(None, [f"run_dir={tmp_path / 'run'}", f"infer.input={test_set}", "infer.mode=local",
+                                f"infer.model={tiny_model_dir}", "infer.max_new_tokens=8", "infer.batch_size=10"])
+    rows = pq.read_table(run_infer(config)).to_pylist()
+    assert len(rows) == 50 and {r["item_id"] for r in rows} == {f"item-{i}" for i in range(50)}
+    assert {r["status"] for r in rows} == {"ok"}
+    assert all(r["completion_tokens"] >= 1 and r["feedback"] is not None for r in rows)
+    assert "### ASSIGNMENT:" in rows[0]["prompt"] and rows[0]["system"]
+
+
+def test_endpoint_with_faults_keeps_failed_rows(ray_session, test_set, tmp_path):
+    faults = LoopbackConfig(rate_500=0.5, seed=2)
+    with LoopbackServer(faults) as server:
+        config = load_config(None, [
+            f"run_dir={tmp_path / 'run'}", f"infer.input={test_set}", "infer.endpoint=loop",
+            f"endpoints=[{{name: loop, model: m, base_url: '{server.base_url}'}}]",
+            "retry.max_attempts=2", "retry.base_delay_s=0.01",
+        ])
+        rows = pq.read_table(run_infer(config)).to_pylist()
+    assert len(rows) == 50
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert failed and all("HTTP 500" in r["error"] for r in failed)
+    assert all(r["feedback"].startswith("echo:") for r in rows if r["status"] == "ok")
+
+
+def test_missing_input_is_a_clear_error(tmp_path):
+    config = load_config(None, [f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(InputNotFoundError, match="sefl-ray export"):
+        run_infer(config)
