@@ -61,18 +61,23 @@ def record_id(source_id: str, sample_index: int, config_fingerprint: str) -> str
     return hashlib.sha256(key.encode()).hexdigest()[:24]
 
 
-def read_records(records_dir: str | Path) -> pa.Table:
+def read_records(records_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
     """Every record under `records_dir`, one row per id (ok beats failed, then newest). Unreadable files, such
-    as one cut short by a killed run, are skipped with a warning: their rows are simply done again on resume."""
+    as one cut short by a killed run, are skipped with a warning: their rows are simply done again on resume.
+    `columns` reads only those (plus what de-duplication needs), which keeps a large run's summary cheap."""
     records_dir = Path(records_dir)
+    schema = RECORD_SCHEMA
+    if columns is not None:
+        wanted = dict.fromkeys(["id", "status", "finished_at", *columns])
+        schema = pa.schema([RECORD_SCHEMA.field(name) for name in wanted])
     tables = []
     for path in sorted(records_dir.rglob("*.parquet")) if records_dir.exists() else []:
         try:
-            tables.append(pq.read_table(path, schema=RECORD_SCHEMA))
+            tables.append(pq.read_table(path, schema=schema, columns=schema.names))
         except Exception as exc:  # a truncated file from a killed writer: skip it, its rows are redone
             logger.warning("skipping unreadable records file %s: %s", path, exc)
     if not tables:
-        return RECORD_SCHEMA.empty_table()
+        return schema.empty_table()
     table = pa.concat_tables(tables)
     ids, statuses = table["id"].to_pylist(), table["status"].to_pylist()
     finished = [t or 0.0 for t in table["finished_at"].to_pylist()]

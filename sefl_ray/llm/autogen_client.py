@@ -20,6 +20,8 @@ What AutoGen (autogen-agentchat 0.7.5) does with an exception raised by `create`
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import json
 import re
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -259,12 +261,19 @@ def _to_openai_message(message: LLMMessage) -> dict[str, str]:
     raise ValueError(f"unsupported AutoGen message type {type(message).__name__}")
 
 
-def json_schema_response_format(model: type[BaseModel]) -> dict[str, Any]:
+@functools.lru_cache(maxsize=256)
+def _cached_schema_format(model: type[BaseModel]) -> dict[str, Any]:
     # OpenAI accepts schema names of [a-zA-Z0-9_-]{1,64}; generic models are named like `Answer[int]`.
     name = re.sub(r"[^a-zA-Z0-9_-]", "_", model.__name__)[:64] or "output"
     # strict=False: vLLM, Ollama and others reject or ignore strict schemas, and pydantic's schema is not always
     # strict-compatible (defaults, optional fields); the agent validates the reply against the model anyway.
     return {"type": "json_schema", "json_schema": {"name": name, "schema": model.model_json_schema(), "strict": False}}
+
+
+def json_schema_response_format(model: type[BaseModel]) -> dict[str, Any]:
+    """A `response_format` asking for `model`'s JSON schema; built once per model (schema generation is slow)
+    and copied per call so no caller can change another's."""
+    return copy.deepcopy(_cached_schema_format(model))
 
 
 def _finish_reason(finish_reason: str | None) -> FinishReasons:

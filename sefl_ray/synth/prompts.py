@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, create_model
@@ -74,15 +75,14 @@ def char_budget(max_new_tokens: int) -> int:
 
 
 def assignment_step(preset: str, source_text: str, budget: int = 2000) -> Step:
+    schema = _assignment_schema(preset, budget)
     if preset == "sefl":
-        schema = create_model("SeflAssignment", assignment=(str, ...), task=(str, ...))
         task = (
             "Read the text below and write an assignment for a student based on it. Reply as JSON with keys "
             '"assignment" (the context and question(s) the student must answer) and "task" (one sentence saying '
             f"what a complete answer contains).\n\nText:\n{source_text}"
         )
     else:
-        schema = create_model("Assignment", assignment=(str, Field(min_length=10, max_length=min(600, budget))))
         task = (
             "Read the text below and write one short assignment that a student can answer in a paragraph, "
             "using facts, numbers or reasoning from the text. Include any data the student needs. Reply as JSON: "
@@ -94,21 +94,11 @@ def assignment_step(preset: str, source_text: str, budget: int = 2000) -> Step:
 def student_step(preset: str, assignment: str, mistake_kinds: list[str], budget: int = 2000) -> Step:
     count = len(mistake_kinds)
     mistakes = "\n".join(f"{i}. {MISTAKE_DESCRIPTIONS.get(k, k)} ({k})" for i, k in enumerate(mistake_kinds, 1))
+    schema = _student_schema(preset, count, budget)
     if preset == "sefl":
-        fields: dict[str, Any] = {"answer": (str, ...)}
-        fields.update({f"error_{i}": (str, ...) for i in range(1, count + 1)})
-        schema = create_model("SeflStudentAnswer", **fields)
         keys = ", ".join(f'"error_{i}"' for i in range(1, count + 1))
         reply = f'Reply as JSON with keys "answer" (your answer) and {keys} (each describing one mistake you made).'
     else:
-        schema = create_model(
-            "StudentAnswer",
-            answer=(str, Field(min_length=1, max_length=min(1200, budget * 6 // 10))),
-            mistakes=(
-                list[Annotated[str, Field(max_length=min(300, budget * 4 // 10 // count))]],
-                Field(min_length=count, max_length=count),
-            ),
-        )
         reply = (
             'Reply as JSON: {"answer": "...", "mistakes": ["...", ...]} where "mistakes" lists, in order, '
             f"the {count} mistake(s) you made and where."
@@ -124,25 +114,11 @@ def feedback_step(
     preset: str, source_text: str, assignment: str, submission: str, count: int, budget: int = 2000
 ) -> Step:
     delimited = f"{STUDENT_OPEN}\n{_escape_student_text(submission)}\n{STUDENT_CLOSE}"
+    schema = _feedback_schema(preset, count, budget)
     if preset == "sefl":
-        fields: dict[str, Any] = {"answer": (str, ...)}
-        fields.update({f"feedback_{i}": (str, ...) for i in range(1, count + 1)})
-        schema = create_model("SeflFeedback", **fields)
         keys = ", ".join(f'"feedback_{i}"' for i in range(1, count + 1))
         reply = f'Reply as JSON with keys "answer" (overall feedback) and {keys} (feedback on each mistake).'
     else:
-        per_item = budget * 3 // 4 // (count + 1)
-        item = create_model(
-            "MistakeFeedback",
-            mistake=(str, Field(max_length=min(200, per_item // 4))),
-            why=(str, Field(max_length=min(250, per_item * 3 // 8))),
-            fix=(str, Field(max_length=min(250, per_item * 3 // 8))),
-        )
-        schema = create_model(
-            "Feedback",
-            overall=(str, Field(max_length=min(400, budget // 4))),
-            items=(list[item], Field(min_length=1, max_length=count + 1)),  # type: ignore[valid-type]
-        )
         reply = (
             'Reply as JSON: {"overall": "...", "items": [{"mistake": "...", "why": "...", "fix": "..."}, ...]} '
             "with one item per mistake you find."
@@ -153,6 +129,53 @@ def feedback_step(
         f"it, say why it is wrong, and how to fix it, without giving the full solution. {reply}"
     )
     return Step(task, schema)
+
+
+# Schemas are built once per shape: pydantic model creation costs milliseconds of CPU, which at thousands of
+# conversations bounds throughput on small machines.
+
+
+@lru_cache(maxsize=None)
+def _assignment_schema(preset: str, budget: int) -> type[BaseModel]:
+    if preset == "sefl":
+        return create_model("SeflAssignment", assignment=(str, ...), task=(str, ...))
+    return create_model("Assignment", assignment=(str, Field(min_length=10, max_length=min(600, budget))))
+
+
+@lru_cache(maxsize=None)
+def _student_schema(preset: str, count: int, budget: int) -> type[BaseModel]:
+    if preset == "sefl":
+        fields: dict[str, Any] = {"answer": (str, ...)}
+        fields.update({f"error_{i}": (str, ...) for i in range(1, count + 1)})
+        return create_model("SeflStudentAnswer", **fields)
+    return create_model(
+        "StudentAnswer",
+        answer=(str, Field(min_length=1, max_length=min(1200, budget * 6 // 10))),
+        mistakes=(
+            list[Annotated[str, Field(max_length=min(300, budget * 4 // 10 // count))]],
+            Field(min_length=count, max_length=count),
+        ),
+    )
+
+
+@lru_cache(maxsize=None)
+def _feedback_schema(preset: str, count: int, budget: int) -> type[BaseModel]:
+    if preset == "sefl":
+        fields: dict[str, Any] = {"answer": (str, ...)}
+        fields.update({f"feedback_{i}": (str, ...) for i in range(1, count + 1)})
+        return create_model("SeflFeedback", **fields)
+    per_item = budget * 3 // 4 // (count + 1)
+    item = create_model(
+        "MistakeFeedback",
+        mistake=(str, Field(max_length=min(200, per_item // 4))),
+        why=(str, Field(max_length=min(250, per_item * 3 // 8))),
+        fix=(str, Field(max_length=min(250, per_item * 3 // 8))),
+    )
+    return create_model(
+        "Feedback",
+        overall=(str, Field(max_length=min(400, budget // 4))),
+        items=(list[item], Field(min_length=1, max_length=count + 1)),  # type: ignore[valid-type]
+    )
 
 
 def parse_conversation(preset: str, assignment: BaseModel, answer: BaseModel, feedback: BaseModel) -> Parsed:

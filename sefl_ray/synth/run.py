@@ -51,7 +51,7 @@ def run_synth(config: SeflConfig) -> Path:
     fingerprint = synth_fingerprint(config)
 
     plans = plan_conversations(config, fingerprint)
-    done = read_records(records_dir)
+    done = read_records(records_dir, columns=[])
     ok_ids = {row_id for row_id, status in zip(done["id"].to_pylist(), done["status"].to_pylist()) if status == "ok"}
     failed_ids = set(done["id"].to_pylist()) - ok_ids
     todo = [p for p in plans if p["id"] not in ok_ids and (synth.retry_failed or p["id"] not in failed_ids)]
@@ -74,7 +74,7 @@ def run_synth(config: SeflConfig) -> Path:
                     ray.kill(actor)
     elapsed = time.monotonic() - started
 
-    summary = summarize(read_records(records_dir), plans, elapsed, len(todo), skipped)
+    summary = summarize(read_records(records_dir, columns=["error", "usage"]), plans, elapsed, len(todo), skipped)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.info("synth summary:\n%s", format_summary(summary))
     return records_dir
