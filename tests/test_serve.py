@@ -502,3 +502,41 @@ def test_request_mapping():
         {"model": "m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}
     )
     assert to_generation_request(json_object, default_max_tokens=1).json_object
+
+
+def test_64_clients_for_30_seconds_get_no_5xx(serve_apps):
+    """Load with good and bad requests mixed in: every answer is 200 or a 4xx, never a 5xx; p50/p99 reported."""
+    import statistics
+    import time
+
+    import aiohttp
+
+    good = {"model": "tiny", "messages": [{"role": "user", "content": "Give feedback."}], "max_tokens": 4}
+    bad = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
+
+    async def scenario():
+        latencies, statuses = [], []
+        deadline = time.monotonic() + 30
+
+        async def client_loop(index: int):
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+                turn = 0
+                while time.monotonic() < deadline:
+                    body = bad if (index + turn) % 10 == 0 else good
+                    started = time.monotonic()
+                    async with http.post(f"{BASE_URL}/chat/completions", json=body) as response:
+                        await response.read()
+                        statuses.append(response.status)
+                    latencies.append(time.monotonic() - started)
+                    turn += 1
+
+        await asyncio.gather(*(client_loop(index) for index in range(64)))
+        return latencies, statuses
+
+    latencies, statuses = asyncio.run(scenario())
+    assert statuses and not [s for s in statuses if s >= 500]
+    assert statuses.count(200) > 0 and statuses.count(404) > 0
+    quantiles = statistics.quantiles(latencies, n=100)
+    print(f"\n64 clients x 30 s: {len(statuses)} requests, p50 {quantiles[49] * 1000:.0f} ms, "
+          f"p99 {quantiles[98] * 1000:.0f} ms")
+    assert _chat(openai.OpenAI(base_url=BASE_URL, api_key="x", max_retries=0), "still up?").choices
