@@ -112,6 +112,14 @@ def plan_conversations(config: SeflConfig, fingerprint: str) -> list[dict[str, A
 def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, budget) -> None:
     synth = config.synth
     calls_per_actor = max(1, math.ceil(synth.concurrency / (synth.num_actors * synth.batch_size)))
+    per_actor = calls_per_actor * synth.batch_size
+    for role in ("teacher", "student"):
+        for name in synth.endpoint_names(role):
+            if per_actor > config.endpoint(name).max_concurrency:
+                logger.warning(
+                    "synth: %d conversations in flight per actor, but endpoint '%s' allows %d calls per process "
+                    "(max_concurrency): raise it or synth.num_actors to reach synth.concurrency=%d",
+                    per_actor, name, config.endpoint(name).max_concurrency, synth.concurrency)
     dataset = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / synth.batch_size)))
     records = dataset.map_batches(
         ConversationWorker,
@@ -119,8 +127,10 @@ def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, b
                                "limiter": limiter, "budget": budget},
         batch_size=synth.batch_size,
         batch_format="pyarrow",
+        # a second block waits at each actor, so a finished one is replaced at once rather than on the
+        # scheduler's next tick; conversations in flight stay at `concurrency`
         compute=ray.data.ActorPoolStrategy(
-            size=synth.num_actors, max_tasks_in_flight_per_actor=calls_per_actor,
+            size=synth.num_actors, max_tasks_in_flight_per_actor=2 * calls_per_actor,
             max_concurrent_calls_per_actor=calls_per_actor,
         ),
         num_cpus=0.1,  # conversations wait on the network: an actor must not starve the read task of CPU
