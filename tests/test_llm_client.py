@@ -52,7 +52,7 @@ def test_faults_at_20_percent_end_in_success_or_recorded_failure(loopback):
         rate_429=0.05, retry_after_s=0.02, rate_500=0.05, rate_timeout=0.05, hang_s=1.0, rate_malformed=0.05, seed=3
     )
     retry = RetryConfig(max_attempts=3, base_delay_s=0.01, max_delay_s=0.05)
-    client = EndpointClient(endpoint_for(loopback, timeout_s=0.25), retry)
+    client = EndpointClient(endpoint_for(loopback, timeout_s=0.5), retry)
     results = asyncio.run(call_many(client, 200))
 
     assert len(results) == 200
@@ -67,9 +67,13 @@ def test_faults_at_20_percent_end_in_success_or_recorded_failure(loopback):
     reasons = " ".join(reason for r in retried for reason in r.errors_seen)
     for expected in ("HTTP 429", "HTTP 500", "timeout", "malformed response"):
         assert expected in reasons
-    # One retry policy: the server saw exactly the attempts we counted (the openai client's own retries are off).
-    attempts = sum(r.record.attempts for r in ok) + sum(f.record.attempts for f in failed)
-    assert loopback.count() == attempts
+    # One retry policy: the server saw no more attempts than we counted (the openai client's own retries are off);
+    # only attempts that timed out or failed to connect may have never reached it (a loaded machine).
+    records = [r.record for r in ok] + [f.record for f in failed]
+    attempts = sum(record.attempts for record in records)
+    unseen_possible = sum(1 for record in records for reason in record.errors_seen
+                          if reason == "timeout" or reason.startswith("connection error"))
+    assert attempts - unseen_possible <= loopback.count() <= attempts
     totals = summarize_calls([r.record for r in ok] + [f.record for f in failed])["loop"]
     assert totals["calls"] == 200 and totals["failed"] == len(failed)
 
