@@ -166,3 +166,19 @@ def test_several_endpoints_share_a_role(ray_session, tmp_path):
     assert first_calls >= 30 and second_calls >= 30, (first_calls, second_calls)
     records = read_records(tmp_path / "run/synth/records").to_pylist()
     assert {r["status"] for r in records} == {"ok"} and len(records) == 40
+
+
+def test_budget_cap_stops_new_conversations_and_exits_cleanly(ray_session, tmp_path):
+    with LoopbackServer(replies=schema_reply) as server:
+        cfg = synth_config(tmp_path, server, "synth.samples_per_source=1", "synth.num_conversations=40",
+                           "synth.concurrency=2", "synth.batch_size=1", "synth.num_actors=1")
+        probe = run_synth(cfg.model_copy(update={"run_dir": str(tmp_path / "probe")}))
+        usage = read_records(probe).to_pylist()[0]["usage"]
+        tokens_per_conversation = sum(u["prompt_tokens"] + u["completion_tokens"] for u in usage)
+        cfg.synth.budget_tokens = tokens_per_conversation * 5
+        records_dir = run_synth(cfg)
+    records = read_records(records_dir).to_pylist()
+    summary = json.loads((records_dir.parent / "summary.json").read_text())
+    assert 5 <= len(records) < 40, "the cap stops the run early, after the budget is spent"
+    assert {r["status"] for r in records} == {"ok"}
+    assert summary["skipped_by_budget"] == 40 - len(records) == summary["missing"]
