@@ -2,7 +2,8 @@
 
 Two apps serve the same embedded model on one local Ray, one batching (max_batch_size 8) and one not; clients send
 chat requests (greedy, fixed max_tokens) at concurrency 1, 8 and 32. Serve's overhead is the single-client p50
-through Serve (batching off) minus the p50 of the same request run by the same engine in this process.
+through Serve (batching off) minus the p50 of the same request run by the same engine in this process, with as
+many torch threads as a replica gets (Ray sets OMP_NUM_THREADS to its num_cpus).
 Usage: python bench/serve_throughput.py [--max-tokens 32] [--requests-per-client 2]
 """
 
@@ -26,6 +27,7 @@ from _common import print_table, write_results  # noqa: E402
 from sefl_ray.serve.app import build_app  # noqa: E402
 
 MODEL = "embedded:smollm2-135m"
+REPLICA_CPUS = 1
 PROMPTS = ["Give feedback on: 2 + 2 = 5.", "Explain why the sky is blue.", "Correct: 'Paris is in Spain.'",
            "What is 7 x 8? The student said 54.", "Summarize photosynthesis.", "Is 0.5 bigger than 0.25?"]
 
@@ -61,8 +63,12 @@ def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
-def direct_p50(max_tokens: int, repeats: int) -> float:
+def direct_p50(max_tokens: int, repeats: int, threads: int) -> float:
+    import torch
+
     from sefl_ray.serve.engine import TransformersEngine
+
+    torch.set_num_threads(threads)  # as in a replica: Ray sets OMP_NUM_THREADS to the replica's num_cpus
     from sefl_ray.serve.engine_api import GenerationRequest
 
     engine = TransformersEngine(MODEL)
@@ -89,7 +95,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     for name, batching in (("batched", True), ("unbatched", False)):
         serve.run(build_app({"model": MODEL, "batching": batching, "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
-                             "num_cpus": 1}), name=name, route_prefix=f"/{name}")
+                             "num_cpus": REPLICA_CPUS}), name=name, route_prefix=f"/{name}")
     rows = []
     for concurrency in args.concurrency:
         for name in ("batched", "unbatched"):
@@ -107,7 +113,7 @@ def main() -> None:
     for row in rows:
         if row["batching"]:
             row["speedup_from_batching"] = row["requests_per_s"] / by_key[(row["clients"], False)]["requests_per_s"]
-    direct = direct_p50(args.max_tokens, repeats=5)
+    direct = direct_p50(args.max_tokens, repeats=5, threads=REPLICA_CPUS)
     overhead_ms = (by_key[(1, False)]["p50_s"] - direct) * 1000 if (1, False) in by_key else None
 
     print_table(rows, ["clients", "batching", "requests", "requests_per_s", "tokens_per_s", "p50_s", "p99_s",
