@@ -137,7 +137,7 @@ class TransformersEngine:
         for _ in range(max(request.max_tokens for request in requests)):
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=True, logits_to_keep=1, **{self._cache_arg: past})
-            past = out.past_key_values
+            past = getattr(out, self._cache_arg)
             logits = out.logits[:, -1, :].float()
             next_tokens = [self.pad_token_id] * batch
             step: list[tuple[str, GenerationResult | None]] = [("", None)] * batch
