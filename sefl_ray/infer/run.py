@@ -21,6 +21,7 @@ import ray
 from sefl_ray.cluster import init_ray
 from sefl_ray.config import SeflConfig, log_resolved_config, save_resolved_config
 from sefl_ray.data.sft import to_chat_messages
+from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -80,32 +81,13 @@ def load_items(config: SeflConfig) -> list[dict[str, Any]]:
     path = Path(settings.input) if settings.input else Path(config.run_dir) / "export" / "hf"
     if not path.exists():
         raise InputNotFoundError(f"infer.input: {path} does not exist (run `sefl-ray export` or set infer.input)")
-    rows = _read_rows(path, settings.split)
+    rows = read_rows(path, key="infer.input", split=settings.split)
     items = []
     for index, row in enumerate(rows[: settings.limit] if settings.limit else rows):
         items.append({"item_id": str(row.get("id", index)), "messages": json.dumps(_prompt_messages(row, path))})
     if not items:
         raise InputNotFoundError(f"infer.input: {path} has no rows")
     return items
-
-
-def _read_rows(path: Path, split: str) -> list[dict[str, Any]]:
-    if path.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(path))
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ConfigError(f"infer.split: no split '{split}' in {path} (splits: {', '.join(loaded)})")
-            loaded = loaded[split]
-        return list(loaded)
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    raise ConfigError(f"infer.input: unsupported file type '{path.suffix}' (a datasets folder, .parquet, .jsonl)")
 
 
 def _prompt_messages(row: dict[str, Any], path: Path) -> list[dict[str, str]]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from sefl_ray.config import SourcesConfig
+from sefl_ray.data.tables import read_jsonl, read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -57,49 +57,10 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
         if not builtin.is_file():
             known = ", ".join(p.stem for p in BUILTIN_DIR.glob("*.jsonl"))
             raise ConfigError(f"synth.sources.path: no built-in corpus '{name}' (known: {known})")
-        return _read_jsonl(builtin)
+        return read_jsonl(builtin)
     if path.startswith("hf:"):
         import datasets
 
         name, _, split = path[3:].partition(":")
         return list(datasets.load_dataset(name, split=split or "train"))
-    local = Path(path)
-    if not local.exists():
-        raise InputNotFoundError(f"synth.sources.path: {path} does not exist")
-    if local.is_dir():
-        import datasets
-
-        loaded = datasets.load_from_disk(str(local))
-        if isinstance(loaded, datasets.DatasetDict):
-            loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
-        return list(loaded)
-    if local.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(local).to_pylist()
-    if local.suffix in (".jsonl", ".json"):
-        return _read_jsonl(local) if local.suffix == ".jsonl" else _read_json(local)
-    raise ConfigError(f"synth.sources.path: unsupported file type '{local.suffix}' (use .jsonl, .json, .parquet)")
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
-    return rows
-
-
-def _read_json(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if not isinstance(data, list):
-        raise ConfigError(f"{path}: expected a JSON list of objects")
-    return data
+    return read_rows(Path(path), key="synth.sources.path")
