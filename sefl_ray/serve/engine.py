@@ -41,6 +41,7 @@ class TransformersEngine:
         if self.pad_token_id is None:
             self.pad_token_id = self.stop_token_ids[0]
         self._grammars: dict[str, object] = {}
+        self._closing: torch.Tensor | None = None
         self._compiler = None
         self._adapters: set[str] = set()
         # transformers 5 renamed the KV-cache argument of forward(); 4.x still calls it past_key_values
@@ -176,7 +177,7 @@ class TransformersEngine:
     def _closing_tokens(self) -> torch.Tensor:
         """Tokens made only of JSON closers (quote, brackets, comma): favoured when a constrained reply is about
         to run out of tokens, so it closes its strings and objects instead of being cut off mid-string."""
-        if not hasattr(self, "_closing"):
+        if self._closing is None:
             pieces = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
             ids = [i for i, piece in enumerate(pieces) if i < self.vocab_size and piece
                    and (text := self.tokenizer.convert_tokens_to_string([piece]).strip())
