@@ -46,6 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         "infer", parents=[with_config], help="generate feedback for a test set (local model actors or an endpoint)",
         description="Batch inference on Ray Data: one output row per test row, failed rows kept with the reason.",
     )
+    stages.add_parser(
+        "train", parents=[with_config], help="fine-tune a causal LM on the exported pairs with Ray Train (+ merge)",
+        description="Supervised fine-tuning with Ray Train (DDP, FSDP2 or DeepSpeed ZeRO; full or LoRA); running it "
+        "again resumes an interrupted run from its last checkpoint.",
+    )
+    merge = stages.add_parser(
+        "merge", help="turn a sharded training checkpoint into one Hugging Face model folder",
+        description="Merge the last (or a named) checkpoint of a training run into RUN/train/merged "
+        "(and RUN/train/adapter for LoRA), checking the merged logits against the trained ones.",
+    )
+    merge.add_argument("run", help="run dir (e.g. runs/local) or a checkpoint folder")
+    merge.add_argument("--checkpoint", help="checkpoint name (step_000040 or 40) or folder; default: the last one")
+    merge.add_argument("--out", help="folder that receives merged/ (and adapter/); default: RUN/train")
     push = stages.add_parser(
         "push", help="upload a dataset or model folder to the Hugging Face Hub",
         description="Upload a folder (an export, a merged model) to the Hub; the token comes from $HF_TOKEN.",
@@ -105,6 +118,12 @@ def _dispatch(args: argparse.Namespace) -> None:
         print("\n".join([result.get("url") or f"dry run: {result['repo_id']}", *result["files"]]))
         return
 
+    if args.command == "merge":
+        from sefl_ray.train.merge import merge_run
+
+        print(merge_run(args.run, checkpoint=args.checkpoint, out_dir=args.out))
+        return
+
     from sefl_ray.config import load_config
 
     config = load_config(args.config, args.overrides)
@@ -122,6 +141,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         from sefl_ray.data.export import run_export_stage
 
         print(run_export_stage(config))
+    elif args.command == "train":
+        from sefl_ray.train.run import run_train
+
+        print(run_train(config))
     elif args.command == "infer":
         from sefl_ray.infer.run import run_infer
 
