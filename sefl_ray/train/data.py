@@ -7,8 +7,8 @@ Two batch layouts:
 - padded: each micro-batch padded to its longest example, with an attention mask;
 - packed: examples laid end to end in rows of `max_seq_len` tokens with `position_ids` restarting at 0 for each
   example and no attention mask. transformers (>= 4.56) reads restarting positions as packed sequences and builds a
-  block-diagonal causal mask (sdpa, eager) or uses variable-length kernels (flash-attention), so no token attends
-  across examples.
+  block-diagonal causal mask (sdpa, eager; only without a KV cache, so training sets `use_cache=False`) or uses
+  variable-length kernels (flash-attention), so no token attends across examples.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def row_to_messages(row: dict[str, Any]) -> list[dict[str, str]]:
 def tokenize_messages(messages: list[dict[str, str]], tokenizer, max_seq_len: int) -> tuple[SftExample, bool]:
     """Token ids of the rendered chat and labels that cover every assistant turn (content and end-of-turn token).
 
-    Assistant spans are found in characters, by rendering each prefix of the conversation, and mapped to tokens
+    Assistant spans (up to the end-of-turn token, not the whitespace after it) are found in characters, by rendering each prefix of the conversation, and mapped to tokens
     through the tokenizer's offsets, so it works for any template whose rendering of a prefix is a prefix of the
     whole (true of the common ones), without `{% generation %}` markers. Returns (example, was_truncated).
     """
@@ -125,7 +125,7 @@ def tokenize_messages(messages: list[dict[str, str]], tokenizer, max_seq_len: in
                 "train: the tokenizer's chat template renders a conversation's prefix differently from the whole "
                 "conversation, so the assistant's tokens cannot be located; use a model with a standard template"
             )
-        spans.append((len(before), len(through)))
+        spans.append((len(before), len(through.rstrip())))  # not the newline a template puts after end-of-turn
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = list(encoded["input_ids"])
     labels = [

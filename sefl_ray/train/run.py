@@ -46,10 +46,10 @@ def run_train(config: SeflConfig) -> Path:
     out_dir = Path(config.run_dir) / "train"
     log_resolved_config(config, "train")
     save_resolved_config(config, out_dir)
-    model_path = _resolve_model(train.model)
     dataset = train.dataset or str(Path(config.run_dir) / "export" / "hf")
     if not Path(dataset).exists():
         raise InputNotFoundError(f"train.dataset: {dataset} does not exist; run the export stage or set train.dataset")
+    model_path = _resolve_model(train.model)
 
     from transformers import AutoTokenizer
 
