@@ -186,7 +186,7 @@ def test_train_config_is_strict():
 
 STRATEGIES = [
     ("ddp", "full"), ("ddp", "lora"), ("fsdp2", "full"), ("fsdp2", "lora"),
-    ("deepspeed-2", "full"), ("deepspeed-3", "lora"),
+    ("deepspeed-2", "full"), ("deepspeed-2", "lora"), ("deepspeed-3", "full"), ("deepspeed-3", "lora"),
 ]
 
 
@@ -266,3 +266,46 @@ def test_train_and_merge_user_errors_are_one_line(tmp_path):
         last_line = result.stderr.strip().splitlines()[-1]
         assert last_line.startswith(f"sefl-ray {argv[0]}: error: ") and "Traceback" not in result.stderr
         assert "does not exist" in last_line or "neither a run dir" in last_line
+
+
+@pytest.mark.slow
+def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_the_same_steps(
+    ray_session, tmp_path, tiny_model_dir, sft_dataset
+):
+    import os
+    import signal
+    import threading
+    import time
+
+    from sefl_ray.train.run import run_train
+
+    config = train_config(tmp_path, tiny_model_dir, sft_dataset, "train.max_steps=120",
+                          "train.checkpoint_every_steps=10", "train.max_failures=1", "train.merge=false")
+    failures: list[BaseException] = []
+
+    def train() -> None:
+        try:
+            run_train(config)
+        except BaseException as exc:  # re-raised in the test thread below
+            failures.append(exc)
+
+    runner = threading.Thread(target=train)
+    runner.start()
+    deadline = time.monotonic() + 240
+    # Kill only once Ray Train's controller has registered a checkpoint (it then writes this snapshot); a checkpoint
+    # folder alone may still sit in a worker's report queue, and dies with the worker.
+    while not list((tmp_path / "train" / "ray").glob("sft-*/checkpoint_manager_snapshot.json")):
+        assert time.monotonic() < deadline and runner.is_alive(), failures
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
+    assert workers, "no Ray Train worker process found to kill"
+    os.kill(int(workers[-1]), signal.SIGKILL)
+    runner.join(timeout=300)
+    assert not runner.is_alive() and not failures, failures
+
+    metrics = read_metrics(tmp_path)
+    steps = [r["step"] for r in metrics if "loss" in r]
+    resumes = [r for r in metrics if "resumed_from" in r]
+    assert steps == list(range(1, 121))  # every step once: those after the checkpoint were redone, not duplicated
+    assert len(resumes) == 1 and resumes[0]["step"] % 10 == 0 and 0 < resumes[0]["step"] < 120
+    assert json.loads((tmp_path / "train" / "summary.json").read_text())["steps"] == 120

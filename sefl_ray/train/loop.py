@@ -180,6 +180,7 @@ def restore_checkpoint(strategy: Strategy) -> tuple[int, list[dict[str, Any]]]:
         step = read_trainer_state(directory)["step"]
         history = [json.loads(line) for line in (directory / METRICS_FILE).read_text().splitlines() if line]
     logger.info("resumed from %s at step %d", checkpoint.path, step)
+    history.append({"step": step, "resumed_from": checkpoint.path})
     return step, history
 
 

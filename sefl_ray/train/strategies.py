@@ -110,9 +110,15 @@ class TorchStrategy(Strategy):
 class DeepSpeedStrategy(Strategy):
     """ZeRO-2/3. DeepSpeed owns accumulation (its `gradient_accumulation_steps`), clipping and the LR schedule."""
 
-    def __init__(self, module: torch.nn.Module, train: TrainConfig, total_steps: int, precision: str):
+    def __init__(
+        self, module: torch.nn.Module, train: TrainConfig, total_steps: int, precision: str, device: torch.device
+    ):
         import deepspeed
 
+        if device.type == "cpu":
+            # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (about a minute with ninja and a C++
+            # compiler) that only its inference path uses; marking it incompatible skips the build, nothing else.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         self.train = train
         optimizer = _adamw(module, train)
         self.engine, _, _, self.scheduler = deepspeed.initialize(
@@ -155,7 +161,7 @@ def build_strategy(
     if train.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if train.strategy == "deepspeed":
-        return DeepSpeedStrategy(model, train, total_steps, precision)
+        return DeepSpeedStrategy(model, train, total_steps, precision, device)
     if train.strategy == "fsdp2":
         return TorchStrategy(_shard_fsdp2(model, train, device, precision), train, total_steps)
     model.to(device)
@@ -198,8 +204,7 @@ def deepspeed_config(train: TrainConfig, precision: str) -> dict[str, Any]:
         "gradient_clipping": train.max_grad_norm,
         "bf16": {"enabled": precision == "bf16"},
         "zero_optimization": {"stage": train.deepspeed.zero_stage},
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,  # we pass torch's AdamW, which also steps on offloaded state
+        "zero_force_ds_cpu_optimizer": False,  # we pass torch's AdamW; DeepSpeed refuses it with offload otherwise
         "steps_per_print": 10**9,
     }
     zero = ours["zero_optimization"]
