@@ -309,3 +309,37 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_finishes_the_same_steps
     assert steps == list(range(1, 121))  # every step once: those after the checkpoint were redone, not duplicated
     assert len(resumes) == 1 and resumes[0]["step"] % 10 == 0 and 0 < resumes[0]["step"] < 120
     assert json.loads((tmp_path / "train" / "summary.json").read_text())["steps"] == 120
+
+
+MULTINODE_SCRIPT = """
+import json, sys
+import ray
+from ray.cluster_utils import Cluster
+from sefl_ray.config import load_config
+from sefl_ray.train.run import run_train
+
+run_dir, model_dir, dataset = sys.argv[1:4]
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address)
+config = load_config(None, [f"run_dir={run_dir}", f"train.model={model_dir}", f"train.dataset={dataset}",
+                            "train.num_workers=2", "train.placement_strategy=STRICT_SPREAD", "train.max_steps=4",
+                            "train.lr=3e-3", "train.max_seq_len=256", "train.merge=false"])
+run_train(config)
+print(json.dumps(sorted(node["NodeID"] for node in ray.nodes() if node["Alive"])))
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+@pytest.mark.slow
+def test_two_node_cluster_places_a_worker_on_each_node(tmp_path, tiny_model_dir, sft_dataset):
+    """A real two-node Ray cluster (ray.cluster_utils.Cluster), in its own process beside the session's Ray."""
+    result = subprocess.run([sys.executable, "-c", MULTINODE_SCRIPT, str(tmp_path), str(tiny_model_dir),
+                             str(sft_dataset)], capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    node_ids = json.loads(result.stdout.strip().splitlines()[-1])
+    summary = json.loads((tmp_path / "train" / "summary.json").read_text())
+    workers = [json.loads((Path(summary["checkpoint"]) / f"worker_{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(node_ids) == 2 and sorted(w["node_id"] for w in workers) == node_ids
+    assert summary["steps"] == 4 and summary["final_eval_loss"] < summary["first_eval_loss"]

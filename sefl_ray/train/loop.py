@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -196,6 +197,9 @@ def save_checkpoint(
     rank = dist.get_rank()
     directory = Path(tempfile.mkdtemp(prefix=f"sefl-ckpt-{step}-rank{rank}-"))
     strategy.save(directory)
+    worker = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+              "device": str(device)}
+    (directory / f"worker_{rank}.json").write_text(json.dumps(worker))  # which node wrote which shard
     probe_logits = _probe_logits(strategy, probe_input_ids, device, precision) if probe_input_ids else None
     if rank == 0:
         write_trainer_state(directory, {"step": step})
