@@ -28,6 +28,7 @@ def init_ray(ray_config: RayConfig, address: str | None = None) -> str:
         return address
     logger.info("starting a local Ray (%s CPUs)", ray_config.num_cpus or os.cpu_count())
     ray.init(
+        address="local",  # always a new Ray: never join a `ray start` cluster on this machine unasked (ray.address)
         num_cpus=ray_config.num_cpus,
         object_store_memory=ray_config.object_store_mb * 1024 * 1024,
         include_dashboard=False,

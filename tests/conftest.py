@@ -20,7 +20,7 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False,
+        ray.init(address="local", num_cpus=4, object_store_memory=256 * 1024 * 1024, include_dashboard=False,
                  namespace="sefl-ray-tests")
     yield ray
     ray.shutdown()

@@ -343,3 +343,32 @@ def test_two_node_cluster_places_a_worker_on_each_node(tmp_path, tiny_model_dir,
     workers = [json.loads((Path(summary["checkpoint"]) / f"worker_{rank}.json").read_text()) for rank in (0, 1)]
     assert len(node_ids) == 2 and sorted(w["node_id"] for w in workers) == node_ids
     assert summary["steps"] == 4 and summary["final_eval_loss"] < summary["first_eval_loss"]
+
+
+@pytest.mark.slow
+def test_embedded_model_fine_tuned_on_64_synthesized_examples_lowers_held_out_loss(
+    ray_session, tmp_path, embedded_model_dir
+):
+    """synth (loopback teacher/student quoting their prompts) -> export -> a short full fine-tune of SmolLM2-135M."""
+    from sefl_ray.data.export import run_export_stage
+    from sefl_ray.synth.run import run_synth
+    from sefl_ray.testing.loopback import LoopbackServer
+    from sefl_ray.testing.schema_replies import grounded_schema_reply
+    from sefl_ray.train.run import run_train
+
+    with LoopbackServer(replies=grounded_schema_reply) as server:
+        config = load_config(None, [
+            f"run_dir={tmp_path}", f"endpoints=[{{name: loop, model: loop-model, base_url: '{server.base_url}'}}]",
+            "synth.teacher_endpoint=loop", "synth.student_endpoint=loop", "synth.num_conversations=64",
+            "synth.samples_per_source=2", "export.valid_fraction=0.25",
+            "train.model=embedded:smollm2-135m", "train.num_workers=1", "train.cpus_per_worker=2",
+            "train.max_seq_len=512", "train.batch_size=1", "train.lr=1e-4", "train.epochs=1", "train.warmup_ratio=0",
+            "train.checkpoint_every_steps=1000", "train.merge=false",
+        ])
+        run_synth(config)
+    run_export_stage(config)
+    assert datasets.load_from_disk(str(tmp_path / "export" / "hf")).num_rows == {"train": 48, "valid": 16}
+    run_train(config)
+    summary = json.loads((tmp_path / "train" / "summary.json").read_text())
+    assert summary["data"]["valid_examples"] == 16 and summary["steps"] >= 5
+    assert summary["final_eval_loss"] < 0.8 * summary["first_eval_loss"], summary
