@@ -59,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("run", help="run dir (e.g. runs/local) or a checkpoint folder")
     merge.add_argument("--checkpoint", help="checkpoint name (step_000040 or 40) or folder; default: the last one")
     merge.add_argument("--out", help="folder that receives merged/ (and adapter/); default: RUN/train")
+    agreement = stages.add_parser(
+        "agreement", help="agreement statistics of judges and humans on ratings in long form",
+        description="Cohen's kappa per rater pair, Fleiss' kappa and Krippendorff's alpha over the humans, each "
+        "judge against the human majority, position bias and win rates, with seeded 95 % bootstrap CIs.",
+    )
+    agreement.add_argument("ratings", nargs="+", help="CSV, JSONL or parquet files: item_id, rater, rater_kind, "
+                           "choice (A/B/tie) or score [, dimension, system_a, system_b]")
+    agreement.add_argument("--out", required=True, help="folder that receives agreement.json")
+    agreement.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    agreement.add_argument("--seed", type=int, default=0)
     push = stages.add_parser(
         "push", help="upload a dataset or model folder to the Hugging Face Hub",
         description="Upload a folder (an export, a merged model) to the Hub; the token comes from $HF_TOKEN.",
@@ -116,6 +126,12 @@ def _dispatch(args: argparse.Namespace) -> None:
         result = push_folder(args.folder, args.repo, repo_type=args.repo_type, private=args.private,
                              token_env=args.token_env, dry_run=args.dry_run)
         print("\n".join([result.get("url") or f"dry run: {result['repo_id']}", *result["files"]]))
+        return
+
+    if args.command == "agreement":
+        from sefl_ray.judge.agreement import run_agreement
+
+        print(run_agreement(args.ratings, args.out, n_bootstrap=args.bootstrap, seed=args.seed))
         return
 
     if args.command == "merge":

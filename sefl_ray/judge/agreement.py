@@ -1,0 +1,376 @@
+"""Agreement statistics between raters: do the LLM judges agree with people as well as people agree with each
+other, and are they biased towards the first position? `run_agreement` reads long-form ratings (see
+`sefl_ray.judge.ratings` for the columns and checks) and writes `agreement.json`.
+
+The statistics come from well-kept libraries: scikit-learn's `cohen_kappa_score` (unweighted for choices,
+quadratic-weighted for scores), statsmodels' `fleiss_kappa`, and the `krippendorff` package's `alpha` (nominal for
+choices, ordinal for scores). Only the bootstrap resamples of Cohen's kappa use a vectorized copy of scikit-learn's
+formula on confusion-matrix counts, because a thousand library calls per rater pair take about a second each.
+
+Shape of `agreement.json` (every statistic is computed per dimension; pairwise choices without a `dimension`
+column, like scores without one, land in the dimension `overall`):
+
+    {
+      "rating_type": "choice" | "score", "inputs": [path, ...], "n_ratings": int,
+      "n_bootstrap": int, "seed": int, "ci_level": 0.95,
+      "raters": [{"rater", "kind": "human" | "judge", "n_ratings"}, ...],      # humans first, then judges, by name
+      "dimensions": {
+        "<dimension>": {
+          "n_items", "n_ratings", "categories": ["A", "B", "tie"] | [1, 2, ..., 5],
+          "pairwise": [{"rater_a", "rater_b", "kind_a", "kind_b", "n", "cohen_kappa", "ci_low", "ci_high",
+                        "percent_agreement", "n_resamples", "reason"}, ...],                # every pair of raters
+          "fleiss_kappa": {"raters", "n", "value", "ci_low", "ci_high", "n_resamples", "reason"},
+          "krippendorff_alpha": {"raters", "n", "n_values", "level", "value", "ci_low", "ci_high",
+                                 "n_resamples", "reason"},
+          "vs_human_majority": {"n_items", "excluded_tied", "excluded_single_human", "reason",
+                                "raters": [{"rater", "n", "cohen_kappa", "ci_low", "ci_high", "accuracy",
+                                            "accuracy_ci_low", "accuracy_ci_high", "n_resamples", "reason"}, ...]},
+          "position_a_rate": [{"rater", "kind", "n_non_tie", "n_ties", "value", "reason"}, ...],  # choices only
+          "win_rates": [{"rater", "kind", "systems": [s1, s2], "n", "ties",
+                         "by_system": [{"system", "wins", "losses", "ties", "win_rate"}, ...]}, ...]  # choices only
+        }
+      }
+    }
+
+Decisions:
+- A statistic whose point estimate is undefined (no shared items, fewer than two human raters, or every rating in
+  one category so that expected agreement is 1) is `null` with a `reason`; `reason` is `null` otherwise.
+- Confidence intervals: 95 % percentile bootstrap over the items the statistic uses. For each statistic a fresh
+  `numpy.random.default_rng(seed)` draws resample after resample of n item indices (`rng.integers(0, n, n)`), so
+  a number is reproducible on its own, whatever else is computed. Resamples where the statistic is undefined are
+  skipped; `n_resamples` counts the ones used, and the interval is `null` when none is left.
+- Quadratic weights use the distance between scores: the categories are every whole number from the lowest to the
+  highest score seen in the dimension, so a 1 vs 5 disagreement weighs 16 even if nobody gave a 3.
+- Fleiss' kappa uses only items every human rated (it needs a full table) and is nominal even for scores;
+  Krippendorff's alpha uses every item with at least two human ratings, missing ratings allowed.
+- The human majority of an item is its most frequent human label (for scores too: the modal score), needing at
+  least two human ratings. Items where two or more labels share the top count have no majority and are left out
+  (`excluded_tied`), as are items with a single human rating (`excluded_single_human`). Judges are compared with
+  it by Cohen's kappa (weighted as above) and accuracy (exact match), each with its own interval.
+- Choices are compared as the raters saw them unless `system_a`/`system_b` show that raters saw an item's systems
+  in different orders: then A and B are swapped back to the order of the item's first row before agreement, so
+  `A` names the same system for everyone. `position_a_rate` (share of non-tie choices that are `A`) uses the
+  positions as shown, since position bias is about what the rater saw.
+- Win rates map each choice back to its systems; `win_rate` counts a tie as half a win.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections import Counter, defaultdict
+from itertools import combinations
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from sefl_ray.errors import ConfigError
+from sefl_ray.judge.ratings import CHOICES, Rating, aligned_choices, read_ratings
+
+logger = logging.getLogger(__name__)
+
+CI_LEVEL = 0.95
+_RESAMPLES_PER_CHUNK = 256
+
+
+class Bootstrap(NamedTuple):
+    """How confidence intervals are drawn: `n` resamples from a generator seeded with `seed`."""
+
+    n: int
+    seed: int
+
+
+class Scale(NamedTuple):
+    """The categories of one dimension and how disagreements between them weigh."""
+
+    categories: list[Any]
+    level: str  # "nominal" (choices) or "ordinal" (scores)
+
+    @property
+    def codes(self) -> dict[Any, int]:
+        return {category: code for code, category in enumerate(self.categories)}
+
+    @property
+    def kappa_weights(self) -> str | None:
+        return "quadratic" if self.level == "ordinal" else None
+
+
+def run_agreement(paths: list[str | Path], out_dir: str | Path, *, n_bootstrap: int = 1000, seed: int = 0) -> Path:
+    """Agreement between every rater in `paths` (and of each judge with the human majority), written to
+    `out_dir/agreement.json`; returns that path."""
+    if n_bootstrap < 0:
+        raise ConfigError(f"n_bootstrap must be 0 (no intervals) or more, got {n_bootstrap}")
+    ratings, rating_type = read_ratings(list(paths))
+    kinds = {rating.rater: rating.kind for rating in ratings}
+    raters = sorted(kinds, key=lambda rater: (kinds[rater] != "human", rater))
+    per_rater = Counter(rating.rater for rating in ratings)
+    by_dimension: dict[str, list[Rating]] = defaultdict(list)
+    for rating in ratings:
+        by_dimension[rating.dimension].append(rating)
+    bootstrap = Bootstrap(n_bootstrap, seed)
+    report = {
+        "rating_type": rating_type,
+        "inputs": [str(path) for path in paths],
+        "n_ratings": len(ratings),
+        "n_bootstrap": n_bootstrap,
+        "seed": seed,
+        "ci_level": CI_LEVEL,
+        "raters": [{"rater": rater, "kind": kinds[rater], "n_ratings": per_rater[rater]} for rater in raters],
+        "dimensions": {dimension: _dimension_report(by_dimension[dimension], rating_type, raters, kinds, bootstrap)
+                       for dimension in sorted(by_dimension)},
+    }
+    out_path = Path(out_dir) / "agreement.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    logger.info("agreement of %d raters over %d ratings written to %s", len(raters), len(ratings), out_path)
+    return out_path
+
+
+def _dimension_report(ratings: list[Rating], rating_type: str, all_raters: list[str], kinds: dict[str, str],
+                      bootstrap: Bootstrap) -> dict[str, Any]:
+    if rating_type == "choice":
+        scale = Scale(list(CHOICES), "nominal")
+        aligned = aligned_choices(ratings)
+        values = [(rating, aligned[(rating.dimension, rating.rater, rating.item)]) for rating in ratings]
+    else:
+        scores = [rating.value for rating in ratings]
+        scale = Scale(list(range(min(scores), max(scores) + 1)), "ordinal")
+        values = [(rating, rating.value) for rating in ratings]
+    codes = scale.codes
+    labels: dict[str, dict[str, int]] = defaultdict(dict)  # rater -> item -> category code
+    for rating, value in values:
+        labels[rating.rater][rating.item] = codes[value]
+    raters = [rater for rater in all_raters if rater in labels]
+    humans = [rater for rater in raters if kinds[rater] == "human"]
+    judges = [rater for rater in raters if kinds[rater] == "judge"]
+    report = {
+        "n_items": len({rating.item for rating in ratings}),
+        "n_ratings": len(ratings),
+        "categories": scale.categories,
+        "pairwise": [_pair_report(a, b, kinds, labels, scale, bootstrap) for a, b in combinations(raters, 2)],
+        "fleiss_kappa": _fleiss_report(humans, labels, scale, bootstrap),
+        "krippendorff_alpha": _krippendorff_report(humans, labels, scale, bootstrap),
+        "vs_human_majority": _vs_majority_report(humans, judges, labels, scale, bootstrap),
+    }
+    if rating_type == "choice":
+        report["position_a_rate"] = _position_report(ratings, raters, kinds)
+        report["win_rates"] = _win_rate_report(ratings, raters, kinds)
+    return report
+
+
+# ---- Cohen's kappa between two raters, and against the human majority ----
+
+def _pair_report(rater_a: str, rater_b: str, kinds: dict[str, str], labels: dict[str, dict[str, int]], scale: Scale,
+                 bootstrap: Bootstrap) -> dict[str, Any]:
+    items = sorted(labels[rater_a].keys() & labels[rater_b].keys())
+    codes_a = np.array([labels[rater_a][item] for item in items], dtype=np.int64)
+    codes_b = np.array([labels[rater_b][item] for item in items], dtype=np.int64)
+    kappa = _kappa_estimate(codes_a, codes_b, scale, bootstrap, no_items="the two raters share no rated item")
+    return {"rater_a": rater_a, "rater_b": rater_b, "kind_a": kinds[rater_a], "kind_b": kinds[rater_b],
+            "n": len(items), "cohen_kappa": kappa["value"], "ci_low": kappa["ci_low"], "ci_high": kappa["ci_high"],
+            "percent_agreement": float(np.mean(codes_a == codes_b)) if items else None,
+            "n_resamples": kappa["n_resamples"], "reason": kappa["reason"]}
+
+
+def _vs_majority_report(humans: list[str], judges: list[str], labels: dict[str, dict[str, int]], scale: Scale,
+                        bootstrap: Bootstrap) -> dict[str, Any]:
+    majority, tied, single = _human_majority(humans, labels)
+    reason = None if majority else (
+        "fewer than two human raters" if len(humans) < 2 else "no item has a majority among two or more human ratings")
+    entries = []
+    for judge in judges:
+        items = sorted(labels[judge].keys() & majority.keys())
+        judged = np.array([labels[judge][item] for item in items], dtype=np.int64)
+        truth = np.array([majority[item] for item in items], dtype=np.int64)
+        kappa = _kappa_estimate(judged, truth, scale, bootstrap,
+                                no_items="the judge rated no item that has a human majority")
+        hits = (judged == truth).astype(float)
+        accuracy_low, accuracy_high, _ = _bootstrap_ci(lambda resamples: hits[resamples].mean(axis=1),
+                                                       len(items), bootstrap)
+        entries.append({"rater": judge, "n": len(items), "cohen_kappa": kappa["value"], "ci_low": kappa["ci_low"],
+                        "ci_high": kappa["ci_high"], "accuracy": float(hits.mean()) if items else None,
+                        "accuracy_ci_low": accuracy_low, "accuracy_ci_high": accuracy_high,
+                        "n_resamples": kappa["n_resamples"], "reason": kappa["reason"]})
+    return {"n_items": len(majority), "excluded_tied": tied, "excluded_single_human": single, "reason": reason,
+            "raters": entries}
+
+
+def _human_majority(humans: list[str], labels: dict[str, dict[str, int]]) -> tuple[dict[str, int], int, int]:
+    """Each item's most frequent human label, where at least two humans rated it and the top count is unique;
+    also how many items were left out for a tie and for a single human rating."""
+    by_item: dict[str, list[int]] = defaultdict(list)
+    for human in humans:
+        for item, code in labels[human].items():
+            by_item[item].append(code)
+    majority, tied, single = {}, 0, 0
+    for item, codes in by_item.items():
+        if len(codes) < 2:
+            single += 1
+            continue
+        (top, top_count), *rest = Counter(codes).most_common()
+        if rest and rest[0][1] == top_count:
+            tied += 1
+        else:
+            majority[item] = top
+    return majority, tied, single
+
+
+def _kappa_estimate(codes_a: np.ndarray, codes_b: np.ndarray, scale: Scale, bootstrap: Bootstrap, *,
+                    no_items: str) -> dict[str, Any]:
+    if len(codes_a) == 0:
+        return _estimate(None, None, None, 0, no_items)
+    from sklearn.metrics import cohen_kappa_score
+
+    n_categories = len(scale.categories)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns when kappa is undefined; we report why instead
+        with np.errstate(divide="ignore", invalid="ignore"):  # older scikit-learn divides 0 by 0 into NaN
+            value = cohen_kappa_score(codes_a, codes_b, labels=list(range(n_categories)),
+                                      weights=scale.kappa_weights)
+    low, high, used = _bootstrap_ci(lambda resamples: _kappa_batch(codes_a, codes_b, scale, resamples),
+                                    len(codes_a), bootstrap)
+    return _estimate(value, low, high, used, "undefined: both raters gave one and the same category throughout "
+                                             "(expected agreement is 1)")
+
+
+def _kappa_batch(codes_a: np.ndarray, codes_b: np.ndarray, scale: Scale, resamples: np.ndarray) -> np.ndarray:
+    """Cohen's kappa for each row of item indices in `resamples`, by scikit-learn's formula on the counts:
+    1 - sum(w * observed) / sum(w * expected)."""
+    k = len(scale.categories)
+    n_resamples, n = resamples.shape
+    cells = (codes_a * k + codes_b)[resamples] + (np.arange(n_resamples) * k * k)[:, None]
+    observed = np.bincount(cells.ravel(), minlength=n_resamples * k * k).reshape(n_resamples, k, k).astype(float)
+    expected = observed.sum(axis=2)[:, :, None] * observed.sum(axis=1)[:, None, :] / n
+    distance = np.subtract.outer(np.arange(k), np.arange(k))
+    weights = distance.astype(float) ** 2 if scale.kappa_weights == "quadratic" else (distance != 0).astype(float)
+    disagreement = (weights * observed).sum(axis=(1, 2))
+    chance = (weights * expected).sum(axis=(1, 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(chance > 0, 1 - disagreement / chance, np.nan)
+
+
+# ---- Fleiss' kappa and Krippendorff's alpha over the human raters ----
+
+def _fleiss_report(humans: list[str], labels: dict[str, dict[str, int]], scale: Scale,
+                   bootstrap: Bootstrap) -> dict[str, Any]:
+    items = sorted(set.intersection(*(set(labels[human]) for human in humans))) if len(humans) >= 2 else []
+    if len(humans) < 2:
+        estimate = _estimate(None, None, None, 0, "fewer than two human raters")
+    elif not items:
+        estimate = _estimate(None, None, None, 0, "no item was rated by every human rater")
+    else:
+        from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
+
+        ratings = np.array([[labels[human][item] for human in humans] for item in items])
+        table, _ = aggregate_raters(ratings, n_cat=len(scale.categories))
+
+        def fleiss(rows: np.ndarray) -> float:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return float(fleiss_kappa(rows, method="fleiss"))
+
+        low, high, used = _bootstrap_ci(lambda resamples: [fleiss(table[rows]) for rows in resamples],
+                                        len(items), bootstrap)
+        estimate = _estimate(fleiss(table), low, high, used,
+                             "undefined: every human gave the same category on every item (expected agreement is 1)")
+    return {"raters": humans, "n": len(items), **estimate}
+
+
+def _krippendorff_report(humans: list[str], labels: dict[str, dict[str, int]], scale: Scale,
+                         bootstrap: Bootstrap) -> dict[str, Any]:
+    counts = Counter(item for human in humans for item in labels[human])
+    items = sorted(item for item, count in counts.items() if count >= 2)
+    matrix = np.full((len(humans), len(items)), np.nan)
+    for row, human in enumerate(humans):
+        for column, item in enumerate(items):
+            matrix[row, column] = labels[human].get(item, np.nan)
+    n_values = int(np.isfinite(matrix).sum())
+    if len(humans) < 2:
+        estimate = _estimate(None, None, None, 0, "fewer than two human raters")
+    elif not items:
+        estimate = _estimate(None, None, None, 0, "no item was rated by two or more human raters")
+    elif len(np.unique(matrix[np.isfinite(matrix)])) < 2:
+        estimate = _estimate(None, None, None, 0, "undefined: every pairable human rating is the same category")
+    else:
+        import krippendorff
+
+        domain = list(range(len(scale.categories)))
+
+        def alpha(data: np.ndarray) -> float:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return float(krippendorff.alpha(reliability_data=data, value_domain=domain,
+                                                level_of_measurement=scale.level))
+
+        low, high, used = _bootstrap_ci(lambda resamples: [alpha(matrix[:, columns]) for columns in resamples],
+                                        len(items), bootstrap)
+        estimate = _estimate(alpha(matrix), low, high, used, "undefined: no disagreement is expected by chance")
+    return {"raters": humans, "n": len(items), "n_values": n_values, "level": scale.level, **estimate}
+
+
+# ---- Position bias and win rates (pairwise choices) ----
+
+def _position_report(ratings: list[Rating], raters: list[str], kinds: dict[str, str]) -> list[dict[str, Any]]:
+    shown = {rater: Counter() for rater in raters}
+    for rating in ratings:
+        shown[rating.rater][rating.value] += 1
+    entries = []
+    for rater in raters:
+        non_tie = shown[rater]["A"] + shown[rater]["B"]
+        entries.append({"rater": rater, "kind": kinds[rater], "n_non_tie": non_tie, "n_ties": shown[rater]["tie"],
+                        "value": shown[rater]["A"] / non_tie if non_tie else None,
+                        "reason": None if non_tie else "every choice of this rater is a tie"})
+    return entries
+
+
+def _win_rate_report(ratings: list[Rating], raters: list[str], kinds: dict[str, str]) -> list[dict[str, Any]]:
+    tallies: dict[tuple[str, tuple[str, str]], Counter] = defaultdict(Counter)  # (rater, systems) -> winner counts
+    for rating in ratings:
+        if rating.systems is None:
+            continue
+        winner = {"A": rating.systems[0], "B": rating.systems[1], "tie": "tie"}[rating.value]
+        tallies[(rating.rater, tuple(sorted(rating.systems)))][winner] += 1
+    entries = []
+    for rater in raters:
+        for (tallied, systems), wins in sorted(tallies.items()):
+            if tallied != rater:
+                continue
+            n = sum(wins.values())
+            by_system = [{"system": system, "wins": wins[system], "losses": wins[other], "ties": wins["tie"],
+                          "win_rate": (wins[system] + wins["tie"] / 2) / n}
+                         for system, other in (systems, systems[::-1])]
+            entries.append({"rater": rater, "kind": kinds[rater], "systems": list(systems), "n": n,
+                            "ties": wins["tie"], "by_system": by_system})
+    return entries
+
+
+# ---- Bootstrap and reporting helpers ----
+
+def _bootstrap_ci(statistic: Callable[[np.ndarray], Any], n: int,
+                  bootstrap: Bootstrap) -> tuple[float | None, float | None, int]:
+    """Percentile interval of `statistic` over `bootstrap.n` resamples of n item indices; `statistic` takes a
+    (resamples, n) index array and returns one value per row, NaN where undefined (those rows are skipped)."""
+    if n == 0 or bootstrap.n == 0:
+        return None, None, 0
+    rng = np.random.default_rng(bootstrap.seed)
+    values = []
+    for start in range(0, bootstrap.n, _RESAMPLES_PER_CHUNK):
+        resamples = rng.integers(0, n, size=(min(_RESAMPLES_PER_CHUNK, bootstrap.n - start), n))
+        values.append(np.asarray(statistic(resamples), dtype=float))
+    defined = np.concatenate(values)
+    defined = defined[np.isfinite(defined)]
+    if not defined.size:
+        return None, None, 0
+    tail = (1 - CI_LEVEL) / 2 * 100
+    low, high = np.percentile(defined, [tail, 100 - tail])
+    return float(low), float(high), int(defined.size)
+
+
+def _estimate(value: float | None, ci_low: float | None, ci_high: float | None, n_resamples: int,
+              undefined_reason: str) -> dict[str, Any]:
+    """A statistic for JSON: `null` and a reason where the point estimate is undefined, never NaN."""
+    if value is None or not np.isfinite(value):
+        return {"value": None, "ci_low": None, "ci_high": None, "n_resamples": n_resamples,
+                "reason": undefined_reason}
+    return {"value": float(value), "ci_low": ci_low, "ci_high": ci_high, "n_resamples": n_resamples,
+            "reason": None}
