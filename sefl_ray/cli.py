@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("run", help="run dir (e.g. runs/local) or a checkpoint folder")
     merge.add_argument("--checkpoint", help="checkpoint name (step_000040 or 40) or folder; default: the last one")
     merge.add_argument("--out", help="folder that receives merged/ (and adapter/); default: RUN/train")
+    judge = stages.add_parser(
+        "judge", parents=[with_config], help="LLM judges: pairwise (both orders) and rubric scores, win rates",
+        description="Judge every pair of systems on every shared item in both orders, and score each feedback on "
+        "the rubric, with every judge in judge.judges at once; calls are cached, so a re-run costs nothing.",
+    )
+    judge.add_argument("--rescore", action="store_true",
+                       help="re-parse the saved answers and rebuild the summary without calling any model")
     agreement = stages.add_parser(
         "agreement", help="agreement statistics of judges and humans on ratings in long form",
         description="Cohen's kappa per rater pair, Fleiss' kappa and Krippendorff's alpha over the humans, each "
@@ -157,6 +164,10 @@ def _dispatch(args: argparse.Namespace) -> None:
         from sefl_ray.data.export import run_export_stage
 
         print(run_export_stage(config))
+    elif args.command == "judge":
+        from sefl_ray.judge.run import run_judge
+
+        print(run_judge(config, rescore=args.rescore))
     elif args.command == "train":
         from sefl_ray.train.run import run_train
 

@@ -248,6 +248,31 @@ class TrainConfig(StrictModel):
     merge: bool = Field(True, description="Merge the last checkpoint into RUN_DIR/train/merged when training ends.")
 
 
+class JudgeConfig(StrictModel):
+    """LLM judges over the outputs of two or more systems, aligned by item id."""
+
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="System outputs: `infer` parquet files (the system is their folder's name) or CSV/JSONL with "
+        "item_id, prompt, system, feedback; empty: every RUN_DIR/infer/*/outputs.parquet.",
+    )
+    judges: list[str] = Field(default_factory=lambda: ["local"], description="Endpoint names, judged concurrently.")
+    mode: Literal["pairwise", "rubric", "both"] = Field("both")
+    preset: Literal["default", "sefl"] = Field(
+        "default", description="'default': JSON verdict with rationale + 7-dimension rubric; 'sefl': SEFL's "
+        "protocol, one single-character A/B answer per criterion (accuracy, actionability, conciseness, tone)."
+    )
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_new_tokens: int = Field(256, ge=1, description="Tokens per judge answer (1 is enough for 'sefl').")
+    concurrency: int = Field(32, ge=1, description="Judge calls in flight per actor.")
+    num_actors: int = Field(1, ge=1)
+    limit: int | None = Field(None, ge=1, description="Judge only the first N items.")
+    n_bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the 95 % CIs (0: none).")
+    human_ratings: list[str] = Field(
+        default_factory=list, description="Human ratings (long form) to compare the judges with in `agreement`."
+    )
+
+
 class SeflConfig(StrictModel):
     """The whole run: shared settings and one section per stage."""
 
@@ -264,6 +289,7 @@ class SeflConfig(StrictModel):
     serve: LocalServeConfig = Field(default_factory=LocalServeConfig)
     infer: InferConfig = Field(default_factory=InferConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
 
     def endpoint(self, name: str) -> EndpointConfig:
         for endpoint in self.endpoints:

@@ -1,0 +1,250 @@
+"""`sefl-ray judge`: every judge compares every pair of systems on every shared item, in both orders, and scores
+each feedback on the rubric, on Ray Data through the endpoint layer; then the verdicts are summarized.
+
+Outputs under RUN_DIR/judge/:
+    judgments.parquet   one row per judge call: the prompt's coordinates, the raw answer, the parsed verdict or
+                        scores and rationale, status/error, tokens and cost
+    summary.json        win rates (ties, 95 % bootstrap CIs, length-controlled), position consistency and bias,
+                        rubric means, per judge and for the judges' majority (`stats.py`)
+    ratings.parquet     the verdicts in the long form `sefl-ray agreement` reads (rater = judge)
+    call_cache/         answered calls: a re-run asks no model anything it was already answered
+
+`--rescore` (`rescore=True`) re-parses the saved raw answers and rebuilds the summary without any model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import itertools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from sefl_ray.cluster import init_ray
+from sefl_ray.config import JudgeConfig, SeflConfig, log_resolved_config, save_resolved_config
+from sefl_ray.data.tables import read_rows
+from sefl_ray.errors import ConfigError, InputNotFoundError
+from sefl_ray.judge.prompts import pairwise_prompts, parse_choice, parse_scores, rubric_prompt
+from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
+
+logger = logging.getLogger(__name__)
+
+JUDGMENT_SCHEMA = pa.schema([
+    ("task_id", pa.string()), ("kind", pa.string()), ("judge", pa.string()), ("model", pa.string()),
+    ("item_id", pa.string()), ("system_a", pa.string()), ("system_b", pa.string()), ("order", pa.string()),
+    ("criterion", pa.string()), ("system", pa.string()), ("messages", pa.string()),
+    ("response_format", pa.string()), ("raw", pa.string()), ("choice", pa.string()), ("winner", pa.string()),
+    ("scores", pa.string()), ("rationale", pa.string()), ("status", pa.string()), ("error", pa.string()),
+    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
+    ("cached", pa.bool_()), ("latency_s", pa.float64()),
+])
+BATCH_SIZE = 16
+
+
+def judge_dir(config: SeflConfig) -> Path:
+    return Path(config.run_dir) / "judge"
+
+
+def run_judge(config: SeflConfig, *, rescore: bool = False) -> Path:
+    settings = config.judge
+    out_dir = judge_dir(config)
+    judgments_path = out_dir / "judgments.parquet"
+    systems = load_system_outputs(settings, Path(config.run_dir))
+    if rescore:
+        if not judgments_path.exists():
+            raise InputNotFoundError(f"nothing to rescore: {judgments_path} does not exist (run `sefl-ray judge`)")
+        judgments = [reparse(row) for row in pq.read_table(judgments_path).to_pylist()]
+    else:
+        from sefl_ray.llm.endpoint import check_api_keys
+
+        check_api_keys([config.endpoint(name) for name in settings.judges])
+        log_resolved_config(config, "judge")
+        save_resolved_config(config, out_dir)
+        tasks = plan_tasks(systems, settings, config)
+        logger.info("judge: %d calls (%d systems, %d judges, mode %s, preset %s)", len(tasks), len(systems),
+                    len(settings.judges), settings.mode, settings.preset)
+        judgments = call_judges(config, tasks)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA), judgments_path)
+
+    from sefl_ray.judge.stats import judgments_to_ratings, summarize_judgments
+
+    summary = summarize_judgments(judgments, systems, n_bootstrap=settings.n_bootstrap, seed=config.seed)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    pq.write_table(pa.Table.from_pylist(judgments_to_ratings(judgments)), out_dir / "ratings.parquet")
+    if settings.human_ratings:
+        from sefl_ray.judge.agreement import run_agreement
+
+        run_agreement([out_dir / "ratings.parquet", *settings.human_ratings], out_dir / "agreement",
+                      n_bootstrap=settings.n_bootstrap, seed=config.seed)
+    logger.info("judge: %d ok, %d failed -> %s", summary["calls"]["ok"], summary["calls"]["failed"], out_dir)
+    return out_dir
+
+
+def load_system_outputs(settings: JudgeConfig, run_dir: Path) -> dict[str, dict[str, dict[str, str]]]:
+    """{system: {item_id: {"prompt", "feedback"}}} from infer outputs or CSV/JSONL files (ok rows only)."""
+    paths = [Path(p) for p in settings.inputs] or sorted((run_dir / "infer").glob("*/outputs.parquet"))
+    systems: dict[str, dict[str, dict[str, str]]] = {}
+    for path in paths:
+        for row in _read_output_rows(path):
+            if row.get("status", "ok") != "ok" or not row.get("feedback"):
+                continue
+            name = path.parent.name if path.name == "outputs.parquet" else str(row.get("system") or "")
+            if not name:
+                raise ConfigError(f"judge.inputs: {path} rows need a `system` column naming the system")
+            systems.setdefault(name, {})[str(row["item_id"])] = {"prompt": row.get("prompt") or "",
+                                                                  "feedback": row["feedback"]}
+    if len(systems) < 2:
+        found = ", ".join(systems) or "none"
+        raise InputNotFoundError(
+            f"judge needs the outputs of at least two systems (found: {found}); run `sefl-ray infer` for each, or "
+            "list files in judge.inputs"
+        )
+    return systems
+
+
+def plan_tasks(systems: dict[str, dict], settings: JudgeConfig, config: SeflConfig) -> list[dict[str, Any]]:
+    """One task per judge call: pairs in both orders (and per criterion for 'sefl'); rubric per system and item."""
+    names = sorted(systems)
+    shared = sorted(set.intersection(*(set(systems[name]) for name in names)))
+    items = shared[: settings.limit] if settings.limit else shared
+    if not items:
+        raise InputNotFoundError(f"judge: the systems {', '.join(names)} share no item id")
+    tasks = []
+    for judge in settings.judges:
+        model = config.endpoint(judge).model
+        for item in items:
+            task_text = systems[names[0]][item]["prompt"]
+            if settings.mode in ("pairwise", "both"):
+                for system_a, system_b in itertools.combinations(names, 2):
+                    for order in ("AB", "BA"):
+                        first, second = (system_a, system_b) if order == "AB" else (system_b, system_a)
+                        for prompt in pairwise_prompts(settings.preset, task_text, systems[first][item]["feedback"],
+                                                       systems[second][item]["feedback"]):
+                            tasks.append(_task("pairwise", judge, model, item, prompt, system_a=system_a,
+                                               system_b=system_b, order=order))
+            if settings.mode in ("rubric", "both") and settings.preset == "default":
+                for system in names:
+                    prompt = rubric_prompt(task_text, systems[system][item]["feedback"])
+                    tasks.append(_task("rubric", judge, model, item, prompt, system=system))
+    return tasks
+
+
+def call_judges(config: SeflConfig, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    settings = config.judge
+    init_ray(config.ray)
+    limits = {name: Limit(config.endpoint(name).rpm, config.endpoint(name).tpm) for name in settings.judges
+              if config.endpoint(name).rpm or config.endpoint(name).tpm}
+    limiter = create_shared_rate_limiter(limits) if limits else None
+    calls_per_actor = max(1, math.ceil(settings.concurrency / BATCH_SIZE))
+    try:
+        dataset = ray.data.from_items(tasks, override_num_blocks=max(1, math.ceil(len(tasks) / BATCH_SIZE)))
+        judged = dataset.map_batches(
+            JudgeWorker, fn_constructor_kwargs={"config_json": config.model_dump_json(), "limiter": limiter},
+            batch_size=BATCH_SIZE, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=settings.num_actors,
+                                               max_tasks_in_flight_per_actor=2 * calls_per_actor,
+                                               max_concurrent_calls_per_actor=calls_per_actor),
+            num_cpus=0.1,  # waits on the network: must not starve the read task of CPU
+        )
+        return [row for batch in judged.iter_batches(batch_format="pyarrow", batch_size=None)
+                for row in batch.to_pylist()]
+    finally:
+        if limiter is not None:
+            ray.kill(limiter)
+
+
+class JudgeWorker:
+    """A Ray Data actor: each batch's judge calls concurrently, each judge through its own endpoint client."""
+
+    def __init__(self, config_json: str, limiter):
+        self.config = SeflConfig.model_validate_json(config_json)
+        self.limiter = limiter
+        self._clients = None
+
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        if self._clients is None:
+            from sefl_ray.llm.cache import CallCache
+            from sefl_ray.llm.client import EndpointClient
+
+            cache = CallCache(judge_dir(self.config) / "call_cache")
+            self._clients = {name: EndpointClient(self.config.endpoint(name), self.config.retry,
+                                                  limiter=self.limiter, cache=cache)
+                             for name in self.config.judge.judges}
+        rows = await asyncio.gather(*(self._one(task) for task in batch.to_pylist()))
+        return pa.Table.from_pylist(list(rows), schema=JUDGMENT_SCHEMA)
+
+    async def _one(self, task: dict[str, Any]) -> dict[str, Any]:
+        from sefl_ray.llm.client import EndpointCallFailed
+
+        settings = self.config.judge
+        params: dict[str, Any] = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                                  "seed": 0}
+        if task["response_format"]:
+            params["response_format"] = json.loads(task["response_format"])
+        try:
+            result = await self._clients[task["judge"]].chat(json.loads(task["messages"]), **params)
+        except EndpointCallFailed as failure:
+            record = failure.record
+            return {**task, "status": "failed", "error": record.error, "latency_s": record.latency_s,
+                    "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None, "cached": False}
+        record = result.record
+        row = {**task, "raw": result.text, "prompt_tokens": record.prompt_tokens,
+               "completion_tokens": record.completion_tokens, "cost_usd": record.cost_usd, "cached": record.cached,
+               "latency_s": record.latency_s}
+        return reparse(row)
+
+
+def reparse(row: dict[str, Any]) -> dict[str, Any]:
+    """Read the verdict or scores out of a row's raw answer (again); a call that failed stays failed."""
+    row = dict(row)
+    if row.get("raw") is None:
+        return row
+    row.update(choice=None, winner=None, scores=None, rationale=None, status="ok", error=None)
+    try:
+        if row["kind"] == "pairwise":
+            choice, rationale = parse_choice(row["raw"])
+            shown_first = row["system_a"] if row["order"] == "AB" else row["system_b"]
+            shown_second = row["system_b"] if row["order"] == "AB" else row["system_a"]
+            row.update(choice=choice, rationale=rationale,
+                       winner={"A": shown_first, "B": shown_second}.get(choice, "tie"))
+        else:
+            scores, rationale = parse_scores(row["raw"])
+            row.update(scores=json.dumps(scores), rationale=rationale)
+    except ValueError as exc:
+        row.update(status="failed", error=f"unparseable verdict: {exc}")
+    return row
+
+
+def _task(kind: str, judge: str, model: str, item: str, prompt, **coordinates: str) -> dict[str, Any]:
+    task = {name: None for name in JUDGMENT_SCHEMA.names}
+    task.update(kind=kind, judge=judge, model=model, item_id=item, criterion=prompt.criterion,
+                messages=json.dumps(prompt.messages),
+                response_format=json.dumps(prompt.response_format) if prompt.response_format else None,
+                **coordinates)
+    parts = [kind, judge, item, coordinates.get("system_a") or coordinates.get("system"),
+             coordinates.get("system_b") or "", coordinates.get("order") or "", prompt.criterion]
+    task["task_id"] = "|".join(str(part) for part in parts)
+    return task
+
+
+def _read_output_rows(path: Path) -> list[dict[str, Any]]:
+    if path.suffix == ".csv":
+        if not path.exists():
+            raise InputNotFoundError(f"judge.inputs: {path} does not exist")
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    else:
+        rows = read_rows(path, key="judge.inputs")
+    missing = {"item_id", "feedback"} - set(rows[0] if rows else {})
+    if rows and missing:
+        raise ConfigError(f"judge.inputs: {path} lacks column(s) {', '.join(sorted(missing))}")
+    return rows

@@ -1,0 +1,204 @@
+"""From judge calls to what a reader needs: who wins how often, how sure we are, and how far the judges can be
+trusted (position consistency and bias, length dependence).
+
+A pair judged in both orders counts as one verdict per (judge, item, criterion): the winner when both orders name
+the same system (or both say tie), otherwise a tie, as position-inconsistent. With the `sefl` preset an item's
+overall verdict is the majority of its criteria (a tie when they split evenly). The ensemble verdict is the
+majority of the judges' verdicts per item (a tie without a majority). Win rates count a tie as half a win and carry
+seeded 95 % percentile-bootstrap CIs over items. The length-controlled win rate follows AlpacaEval's idea: a
+logistic regression of the outcome on the (tanh-scaled) difference in feedback length, read off at zero
+difference, i.e. the win rate the first system would have if both wrote equally long feedback.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from typing import Any
+
+import numpy as np
+
+ENSEMBLE = "ensemble"
+
+
+def summarize_judgments(
+    judgments: list[dict[str, Any]], systems: dict[str, dict[str, dict[str, str]]], *, n_bootstrap: int, seed: int
+) -> dict[str, Any]:
+    ok = [row for row in judgments if row["status"] == "ok"]
+    pairwise = [row for row in ok if row["kind"] == "pairwise"]
+    verdicts = combine_orders(pairwise)
+    per_item = overall_verdicts(verdicts)
+    per_item.update(ensemble_verdicts(per_item))
+    return {
+        "calls": _call_totals(judgments),
+        "position": position_stats(pairwise, verdicts),
+        "win_rates": win_rates(per_item, systems, n_bootstrap=n_bootstrap, seed=seed),
+        "criteria": criterion_win_rates(verdicts) if len({key[3] for key in verdicts}) > 1 else [],
+        "rubric": rubric_means([row for row in ok if row["kind"] == "rubric"], n_bootstrap=n_bootstrap, seed=seed),
+        "failures": Counter(row["error"].split(":")[0] for row in judgments if row["status"] != "ok").most_common(),
+    }
+
+
+def combine_orders(pairwise: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
+    """{(judge, system_a, system_b, criterion, item): {"winner", "consistent"}} from the two orders."""
+    by_key: dict[tuple, dict[str, str]] = defaultdict(dict)
+    for row in pairwise:
+        key = (row["judge"], row["system_a"], row["system_b"], row["criterion"], row["item_id"])
+        by_key[key][row["order"]] = row["winner"]
+    combined = {}
+    for key, orders in by_key.items():
+        if len(orders) < 2:
+            continue  # one order failed: no verdict for this item rather than a one-sided one
+        consistent = orders["AB"] == orders["BA"]
+        combined[key] = {"winner": orders["AB"] if consistent else "tie", "consistent": consistent}
+    return combined
+
+
+def overall_verdicts(verdicts: dict[tuple, dict[str, Any]]) -> dict[tuple, str]:
+    """{(judge, system_a, system_b, item): winner}, the majority over criteria (one criterion: itself)."""
+    by_item: dict[tuple, list[str]] = defaultdict(list)
+    for (judge, system_a, system_b, _, item), verdict in verdicts.items():
+        by_item[(judge, system_a, system_b, item)].append(verdict["winner"])
+    return {key: _majority(winners) for key, winners in by_item.items()}
+
+
+def ensemble_verdicts(per_item: dict[tuple, str]) -> dict[tuple, str]:
+    judges = {key[0] for key in per_item}
+    if len(judges) < 2:
+        return {}
+    by_item: dict[tuple, list[str]] = defaultdict(list)
+    for (judge, system_a, system_b, item), winner in per_item.items():
+        by_item[(system_a, system_b, item)].append(winner)
+    return {(ENSEMBLE, *key): _majority(winners, strict=True) for key, winners in by_item.items()}
+
+
+def position_stats(pairwise: list[dict[str, Any]], verdicts: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per judge: how often both orders agree, and how often the first-shown feedback is chosen."""
+    stats = []
+    for judge in sorted({row["judge"] for row in pairwise}):
+        choices = [row["choice"] for row in pairwise if row["judge"] == judge and row["choice"] != "tie"]
+        mine = [v for key, v in verdicts.items() if key[0] == judge]
+        stats.append({
+            "judge": judge,
+            "verdicts": len(mine),
+            "position_consistency": _share(sum(v["consistent"] for v in mine), len(mine)),
+            "position_a_rate": _share(choices.count("A"), len(choices)),
+            "tie_rate": _share(sum(v["winner"] == "tie" for v in mine), len(mine)),
+        })
+    return stats
+
+
+def win_rates(
+    per_item: dict[tuple, str], systems: dict[str, dict[str, dict[str, str]]], *, n_bootstrap: int, seed: int
+) -> list[dict[str, Any]]:
+    rows = []
+    groups: dict[tuple, list[tuple[str, str]]] = defaultdict(list)
+    for (judge, system_a, system_b, item), winner in per_item.items():
+        groups[(judge, system_a, system_b)].append((item, winner))
+    for (judge, system_a, system_b), verdicts in sorted(groups.items()):
+        outcome = np.array([1.0 if w == system_a else 0.0 if w == system_b else 0.5 for _, w in verdicts])
+        length_diff = np.array([len(systems[system_a][item]["feedback"]) - len(systems[system_b][item]["feedback"])
+                                for item, _ in verdicts], dtype=float)
+        low, high = bootstrap_ci(outcome, np.mean, n_bootstrap=n_bootstrap, seed=seed)
+        rows.append({
+            "judge": judge, "system_a": system_a, "system_b": system_b, "n": len(outcome),
+            "wins_a": int((outcome == 1).sum()), "wins_b": int((outcome == 0).sum()),
+            "ties": int((outcome == 0.5).sum()), "win_rate_a": float(outcome.mean()), "ci_low": low, "ci_high": high,
+            "length_controlled_win_rate_a": length_controlled_win_rate(outcome, length_diff),
+            "mean_length_diff_chars": float(length_diff.mean()),
+        })
+    return rows
+
+
+def criterion_win_rates(verdicts: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+    counts: dict[tuple, Counter] = defaultdict(Counter)
+    for (judge, system_a, system_b, criterion, _), verdict in verdicts.items():
+        side = "a" if verdict["winner"] == system_a else "b" if verdict["winner"] == system_b else "tie"
+        counts[(judge, system_a, system_b, criterion)][side] += 1
+    return [{"judge": j, "system_a": a, "system_b": b, "criterion": c, "wins_a": n["a"], "wins_b": n["b"],
+             "ties": n["tie"], "win_rate_a": (n["a"] + 0.5 * n["tie"]) / sum(n.values())}
+            for (j, a, b, c), n in sorted(counts.items())]
+
+
+def rubric_means(rubric: list[dict[str, Any]], *, n_bootstrap: int, seed: int) -> list[dict[str, Any]]:
+    scores: dict[tuple, list[int]] = defaultdict(list)
+    for row in rubric:
+        for dimension, score in json.loads(row["scores"]).items():
+            scores[(row["judge"], row["system"], dimension)].append(score)
+    rows = []
+    for (judge, system, dimension), values in sorted(scores.items()):
+        array = np.array(values, dtype=float)
+        low, high = bootstrap_ci(array, np.mean, n_bootstrap=n_bootstrap, seed=seed)
+        rows.append({"judge": judge, "system": system, "dimension": dimension, "n": len(values),
+                     "mean": float(array.mean()), "ci_low": low, "ci_high": high,
+                     "histogram": {str(s): values.count(s) for s in range(1, 6)}})
+    return rows
+
+
+def judgments_to_ratings(judgments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The judges' verdicts in `sefl-ray agreement`'s long form: pairwise items are `item::system_a::system_b`
+    with choice A (system_a wins), B or tie after both orders; rubric items are `item::system` with one score per
+    dimension. Human ratings compared with them use the same item ids."""
+    ok = [row for row in judgments if row["status"] == "ok"]
+    per_item = overall_verdicts(combine_orders([row for row in ok if row["kind"] == "pairwise"]))
+    ratings = [{"item_id": f"{item}::{a}::{b}", "rater": judge, "rater_kind": "judge",
+                "choice": "A" if winner == a else "B" if winner == b else "tie", "system_a": a, "system_b": b}
+               for (judge, a, b, item), winner in sorted(per_item.items())]
+    if ratings:
+        return ratings
+    return [{"item_id": f"{row['item_id']}::{row['system']}", "rater": row["judge"], "rater_kind": "judge",
+             "score": score, "dimension": dimension}
+            for row in ok if row["kind"] == "rubric" for dimension, score in json.loads(row["scores"]).items()]
+
+
+def bootstrap_ci(values: np.ndarray, statistic, *, n_bootstrap: int, seed: int) -> tuple[float | None, float | None]:
+    if n_bootstrap == 0 or len(values) < 2:
+        return None, None
+    rng = np.random.default_rng(seed)
+    samples = [statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(n_bootstrap)]
+    low, high = np.percentile(samples, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def length_controlled_win_rate(outcome: np.ndarray, length_diff: np.ndarray) -> float | None:
+    """P(system_a wins) at zero length difference, from a logistic fit of the outcome on tanh(diff / sd); ties
+    enter as half a win and half a loss. None when one outcome is all there is (nothing to fit)."""
+    from sklearn.linear_model import LogisticRegression
+
+    if len(outcome) < 4 or len(set(outcome.tolist()) - {0.5}) == 0:
+        return None
+    scale = length_diff.std() or 1.0
+    features = np.tanh(length_diff / scale).reshape(-1, 1)
+    x = np.concatenate([features, features])
+    y = np.concatenate([np.ones(len(outcome)), np.zeros(len(outcome))])
+    weight = np.concatenate([outcome, 1 - outcome])
+    keep = weight > 0
+    if len(set(y[keep])) < 2:
+        return float(outcome.mean())
+    model = LogisticRegression(C=10.0).fit(x[keep], y[keep], sample_weight=weight[keep])
+    return float(1 / (1 + np.exp(-model.intercept_[0])))
+
+
+def _majority(winners: list[str], strict: bool = False) -> str:
+    """The most common winner; a tie when the top is shared (or, `strict`, when it is not more than half)."""
+    ranked = Counter(winners).most_common()
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        return "tie"
+    if strict and ranked[0][1] * 2 <= len(winners):
+        return "tie"
+    return ranked[0][0]
+
+
+def _call_totals(judgments: list[dict[str, Any]]) -> dict[str, Any]:
+    ok = sum(row["status"] == "ok" for row in judgments)
+    costs = [row["cost_usd"] for row in judgments if row.get("cost_usd") is not None]
+    return {"total": len(judgments), "ok": ok, "failed": len(judgments) - ok,
+            "cached": sum(bool(row.get("cached")) for row in judgments),
+            "prompt_tokens": sum(row.get("prompt_tokens") or 0 for row in judgments),
+            "completion_tokens": sum(row.get("completion_tokens") or 0 for row in judgments),
+            "cost_usd": sum(costs) if costs else None}
+
+
+def _share(count: int, total: int) -> float | None:
+    return count / total if total else None
+
