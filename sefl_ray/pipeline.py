@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from sefl_ray.cluster import init_ray
@@ -33,7 +35,23 @@ def run_export_stage(config: SeflConfig) -> Path:
     return export(config)
 
 
-STAGES = [("models", run_prepare_models), ("synth", run_synth_stage), ("export", run_export_stage)]
+def run_train_stage(config: SeflConfig) -> Path:
+    from sefl_ray.train.run import run_train
+
+    return run_train(config)
+
+
+STAGES = [
+    ("models", run_prepare_models),
+    ("synth", run_synth_stage),
+    ("export", run_export_stage),
+    ("train", run_train_stage),
+]
+
+
+# Stages that call the config's endpoints: on the embedded default the run's own Serve app answers them, and it is
+# stopped between such stages so that training gets the CPUs (or GPUs) the model replica would hold.
+SERVED_STAGES = {"synth"}
 
 
 def run_pipeline(config: SeflConfig) -> Path:
@@ -42,20 +60,23 @@ def run_pipeline(config: SeflConfig) -> Path:
     run_dir = Path(config.run_dir)
     save_resolved_config(config, run_dir)
     init_ray(config.ray)
-    serving = False
-    try:
-        for name, run_stage in STAGES:
-            if name == "synth" and config.serve.enabled:
-                from sefl_ray.serve.local import start_local_serve
-
-                start_local_serve(config)
-                serving = True
+    for name, run_stage in STAGES:
+        with _local_serve(config, name in SERVED_STAGES and config.serve.enabled):
             logger.info("stage %s: starting", name)
             output = run_stage(config)
             logger.info("stage %s: done -> %s", name, output)
-    finally:
-        if serving:
-            from sefl_ray.serve.local import stop_local_serve
-
-            stop_local_serve()
     return run_dir
+
+
+@contextlib.contextmanager
+def _local_serve(config: SeflConfig, needed: bool) -> Iterator[None]:
+    if not needed:
+        yield
+        return
+    from sefl_ray.serve.local import start_local_serve, stop_local_serve
+
+    start_local_serve(config)
+    try:
+        yield
+    finally:
+        stop_local_serve()

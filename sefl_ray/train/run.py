@@ -70,7 +70,8 @@ def run_train(config: SeflConfig) -> Path:
     if train.merge:
         from sefl_ray.train.merge import merge_checkpoint
 
-        merge_checkpoint(summary["checkpoint"], out_dir)
+        with checkpoint.as_directory() as local_checkpoint:  # downloads it when storage is s3:// or the like
+            merge_checkpoint(local_checkpoint, out_dir)
     summary["finished"] = True
     summary_path.write_text(json.dumps(summary, indent=2))
     return out_dir

@@ -173,13 +173,16 @@ def _shard_fsdp2(model: torch.nn.Module, train: TrainConfig, device: torch.devic
     """`fully_shard` each decoder layer, then the root (embeddings, norm, head), torchtune's layout."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-    options: dict[str, Any] = {"reshard_after_forward": train.fsdp.reshard_after_forward}
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    options: dict[str, Any] = {"reshard_after_forward": train.fsdp.reshard_after_forward, "mesh": mesh}
     if precision == "bf16":
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if train.fsdp.cpu_offload:
         options["offload_policy"] = CPUOffloadPolicy()
-    else:
-        model.to(device)
+    # The model stays where it was loaded (CPU): `fully_shard` moves each layer to the mesh's device as it shards
+    # it, so a GPU never holds more than one unsharded layer at a time.
     for layer in decoder_layers(model):
         fully_shard(layer, **options)
     fully_shard(model, **options)
