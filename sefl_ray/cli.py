@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     judge.add_argument("--rescore", action="store_true",
                        help="re-parse the saved answers and rebuild the summary without calling any model")
+    report = stages.add_parser(
+        "report", help="one self-contained HTML report (and markdown) of a run's judgments and agreement",
+        description="Write RUN_DIR/report/report.html (plots inlined, opens offline) and report.md.",
+    )
+    report.add_argument("run_dir", help="run dir, e.g. runs/local")
     agreement = stages.add_parser(
         "agreement", help="agreement statistics of judges and humans on ratings in long form",
         description="Cohen's kappa per rater pair, Fleiss' kappa and Krippendorff's alpha over the humans, each "
@@ -133,6 +138,12 @@ def _dispatch(args: argparse.Namespace) -> None:
         result = push_folder(args.folder, args.repo, repo_type=args.repo_type, private=args.private,
                              token_env=args.token_env, dry_run=args.dry_run)
         print("\n".join([result.get("url") or f"dry run: {result['repo_id']}", *result["files"]]))
+        return
+
+    if args.command == "report":
+        from sefl_ray.judge.report import run_report
+
+        print(run_report(args.run_dir))
         return
 
     if args.command == "agreement":

@@ -41,17 +41,45 @@ def run_train_stage(config: SeflConfig) -> Path:
     return run_train(config)
 
 
+def run_infer_stage(config: SeflConfig) -> Path:
+    """Feedback of the base model and of the fine-tuned one on the held-out split: the two systems judged next.
+    Both run as local model actors (`infer.mode: local`), so no server is needed for models that exist only as
+    folders of this run."""
+    from sefl_ray.infer.run import run_infer
+
+    merged = Path(config.run_dir) / "train" / "merged"
+    for name, model in (("base", config.train.model), ("tuned", str(merged))):
+        infer = config.infer.model_copy(update={"name": name, "model": model, "mode": "local"})
+        run_infer(config.model_copy(update={"infer": infer}))
+    return Path(config.run_dir) / "infer"
+
+
+def run_judge_stage(config: SeflConfig) -> Path:
+    from sefl_ray.judge.run import run_judge
+
+    return run_judge(config)
+
+
+def run_report_stage(config: SeflConfig) -> Path:
+    from sefl_ray.judge.report import run_report
+
+    return run_report(config.run_dir)
+
+
 STAGES = [
     ("models", run_prepare_models),
     ("synth", run_synth_stage),
     ("export", run_export_stage),
     ("train", run_train_stage),
+    ("infer", run_infer_stage),
+    ("judge", run_judge_stage),
+    ("report", run_report_stage),
 ]
 
 
 # Stages that call the config's endpoints: on the embedded default the run's own Serve app answers them, and it is
 # stopped between such stages so that training gets the CPUs (or GPUs) the model replica would hold.
-SERVED_STAGES = {"synth"}
+SERVED_STAGES = {"synth", "judge"}
 
 
 def run_pipeline(config: SeflConfig) -> Path:

@@ -19,12 +19,14 @@ from sefl_ray.testing.loopback import LoopbackServer
 ITEMS = 12
 
 
-def write_outputs(path: Path, *, injected: str = "") -> Path:
-    """Two systems' feedback on the same items: `short` is terse, `long` says more."""
+def write_outputs(path: Path, *, injected: str = "", short_wins_every: int = 0) -> Path:
+    """Two systems' feedback on the same items: `short` is terse, `long` says more (except on every
+    `short_wins_every`-th item, where `short` says even more)."""
     rows = []
     for i in range(ITEMS):
         task = f"### ASSIGNMENT:\nAdd {i} and {i + 1}.\n\n### ANSWER:\n{2 * i}"
-        rows.append({"item_id": f"item-{i}", "prompt": task, "system": "short", "feedback": f"Wrong.{injected}"})
+        terse = "Wrong." if not short_wins_every or i % short_wins_every else "Check the units column: " * 5
+        rows.append({"item_id": f"item-{i}", "prompt": task, "system": "short", "feedback": f"{terse}{injected}"})
         rows.append({"item_id": f"item-{i}", "prompt": task, "system": "long",
                      "feedback": f"You added {i} and {i + 1} but forgot the one: recount the units."})
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -162,3 +164,35 @@ def test_verdict_parsing_and_input_errors(tmp_path):
                                 "endpoints=[{name: local, model: m, base_url: 'http://127.0.0.1:9/v1'}]"])
     with pytest.raises(InputNotFoundError, match="at least two systems"):
         run_judge(config)
+
+
+def test_report_is_self_contained_decodes_and_warns_about_a_poor_judge(ray_session, tmp_path):
+    import base64
+    import io
+
+    import matplotlib.image
+
+    from sefl_ray.judge.report import run_report
+
+    inputs = write_outputs(tmp_path / "outputs.jsonl", short_wins_every=4)
+    humans = tmp_path / "humans.csv"  # two humans who prefer the more specific feedback, as `fair` does
+    humans.write_text("item_id,rater,rater_kind,choice,system_a,system_b\n" + "".join(
+        f"item-{i}::long::short,{rater},human,{'A' if i % 4 else 'B'},long,short\n"
+        for i in range(ITEMS) for rater in ("ann", "bob")))
+    with LoopbackServer(replies=always_a) as biased, LoopbackServer(replies=prefers_longer) as fair:
+        run_judge(judge_config(tmp_path, inputs, {"biased": biased, "fair": fair}, "judge.mode=pairwise",
+                               f"judge.human_ratings=['{humans}']"))
+    agreement = json.loads((tmp_path / "judge" / "agreement" / "agreement.json").read_text())
+    majority = {r["rater"]: r for r in agreement["dimensions"]["overall"]["vs_human_majority"]["raters"]}
+    assert majority["fair"]["accuracy"] > majority["biased"]["accuracy"]
+
+    page = run_report(tmp_path).read_text()
+    images = re.findall(r'<img[^>]+src="data:image/png;base64,([^"]+)"', page)
+    assert len(images) >= 3
+    for data in images:
+        pixels = matplotlib.image.imread(io.BytesIO(base64.b64decode(data)), format="png")
+        assert pixels.shape[0] > 50 and pixels.shape[1] > 50
+    assert not re.search(r'(src|href)="(?!data:)', page) and "<script" not in page  # opens offline, as is
+    assert "⚠ biased" in page and "⚠ fair" not in page
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Win rates" in markdown and "| fair | long | short |" in markdown

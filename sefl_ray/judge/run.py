@@ -144,12 +144,14 @@ def call_judges(config: SeflConfig, tasks: list[dict[str, Any]]) -> list[dict[st
     limits = {name: Limit(config.endpoint(name).rpm, config.endpoint(name).tpm) for name in settings.judges
               if config.endpoint(name).rpm or config.endpoint(name).tpm}
     limiter = create_shared_rate_limiter(limits) if limits else None
-    calls_per_actor = max(1, math.ceil(settings.concurrency / BATCH_SIZE))
+    # Each batch's calls run at once, so `concurrency` = batch size x batches in flight per actor x actors.
+    batch_size = min(BATCH_SIZE, math.ceil(settings.concurrency / settings.num_actors))
+    calls_per_actor = max(1, math.ceil(settings.concurrency / (settings.num_actors * batch_size)))
     try:
-        dataset = ray.data.from_items(tasks, override_num_blocks=max(1, math.ceil(len(tasks) / BATCH_SIZE)))
+        dataset = ray.data.from_items(tasks, override_num_blocks=max(1, math.ceil(len(tasks) / batch_size)))
         judged = dataset.map_batches(
             JudgeWorker, fn_constructor_kwargs={"config_json": config.model_dump_json(), "limiter": limiter},
-            batch_size=BATCH_SIZE, batch_format="pyarrow",
+            batch_size=batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=settings.num_actors,
                                                max_tasks_in_flight_per_actor=2 * calls_per_actor,
                                                max_concurrent_calls_per_actor=calls_per_actor),

@@ -21,6 +21,8 @@ def minimal_instance(
         return minimal_instance(defs[schema["$ref"].split("/")[-1]], defs, text, make_text)
     if "anyOf" in schema:
         return minimal_instance(schema["anyOf"][0], defs, text, make_text)
+    if "enum" in schema:
+        return schema["enum"][0]
     kind = schema.get("type", "object")
     if kind == "object":
         properties = schema.get("properties", {})
