@@ -58,13 +58,15 @@ class JudgePrompt:
 
 
 class PairwiseVerdict(BaseModel):
-    rationale: str = Field(description="Two or three sentences comparing the two feedbacks.")
+    # Bounded, so a grammar-constrained small model cannot ramble inside the string until its tokens run out.
+    rationale: str = Field(max_length=400, description="Two or three sentences comparing the two feedbacks.")
     verdict: Literal["A", "B", "tie"]
 
 
 def rubric_model() -> type[BaseModel]:
     fields: dict[str, Any] = {name: (int, Field(ge=1, le=5)) for name in RUBRIC}
-    return create_model("RubricScores", rationale=(str, Field(description="One or two sentences.")), **fields)
+    return create_model("RubricScores", rationale=(str, Field(max_length=300, description="One or two sentences.")),
+                        **fields)
 
 
 def pairwise_prompts(preset: str, task: str, feedback_a: str, feedback_b: str) -> list[JudgePrompt]:
