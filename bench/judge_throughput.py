@@ -4,7 +4,8 @@ ideal (C / latency) and SEFL's loop (one call at a time, then a 0.5 s sleep, as 
 The loopback server runs in its own process and answers each pairwise prompt with a valid verdict (the smallest
 instance of the request's JSON schema), so every call is one judgment. Each level judges enough items to keep C
 calls in flight for about `--seconds` seconds; `judgments_per_s` is calls / the wall time of `call_judges`
-(actor start-up included, nothing subtracted).
+(actor start-up included, nothing subtracted); `steady_per_s` counts the judgments after the first C, from the
+time the C-th finished to the last (each row's `finished_at`), i.e. without actor start-up and the first wave.
 Usage: python bench/judge_throughput.py [--latency-s 0.5] [--concurrency 1 16 64] [--seconds 8]
 """
 
@@ -52,8 +53,12 @@ def run_level(base_url: str, work: Path, concurrency: int, latency_s: float, sec
     ok = sum(row["status"] == "ok" for row in judged)
     rate = len(judged) / elapsed
     ideal = concurrency / latency_s
+    finished = sorted(row["finished_at"] for row in judged)
+    steady = (len(finished) - concurrency) / (finished[-1] - finished[concurrency - 1])
     return {"concurrency": concurrency, "judgments": len(judged), "ok": ok, "elapsed_s": elapsed,
-            "judgments_per_s": rate, "ideal_per_s": ideal, "of_ideal": rate / ideal}
+            "judgments_per_s": rate, "ideal_per_s": ideal, "of_ideal": rate / ideal, "steady_per_s": steady,
+            "steady_of_ideal": steady / ideal,
+            "mean_call_s": sum(row["latency_s"] for row in judged) / len(judged)}
 
 
 def sefl_loop(base_url: str, latency_s: float, calls: int) -> dict:
@@ -88,7 +93,8 @@ def main() -> None:
         server.terminate()
         server.wait()
     print(f"loopback judge latency {args.latency_s} s; ideal = C / latency; SEFL loop = 1 call + {SEFL_SLEEP_S} s sleep")
-    print_table(rows, ["concurrency", "judgments", "ok", "elapsed_s", "judgments_per_s", "ideal_per_s", "of_ideal"])
+    print_table(rows, ["concurrency", "judgments", "ok", "elapsed_s", "judgments_per_s", "ideal_per_s", "of_ideal",
+                       "steady_per_s", "steady_of_ideal", "mean_call_s"])
     best = max(r["judgments_per_s"] for r in rows[:-1])
     print(f"best vs SEFL's loop: {best / rows[-1]['judgments_per_s']:.0f}x")
     path = write_results("judge_throughput", rows, latency_s=args.latency_s, sefl_sleep_s=SEFL_SLEEP_S)

@@ -44,7 +44,7 @@ JUDGMENT_SCHEMA = pa.schema([
     ("response_format", pa.string()), ("raw", pa.string()), ("choice", pa.string()), ("winner", pa.string()),
     ("scores", pa.string()), ("rationale", pa.string()), ("status", pa.string()), ("error", pa.string()),
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
-    ("cached", pa.bool_()), ("latency_s", pa.float64()),
+    ("cached", pa.bool_()), ("latency_s", pa.float64()), ("finished_at", pa.float64()),
 ])
 BATCH_SIZE = 16
 
@@ -197,11 +197,12 @@ class JudgeWorker:
         except EndpointCallFailed as failure:
             record = failure.record
             return {**task, "status": "failed", "error": record.error, "latency_s": record.latency_s,
-                    "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None, "cached": False}
+                    "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None, "cached": False,
+                    "finished_at": time.time()}
         record = result.record
         row = {**task, "raw": result.text, "prompt_tokens": record.prompt_tokens,
                "completion_tokens": record.completion_tokens, "cost_usd": record.cost_usd, "cached": record.cached,
-               "latency_s": record.latency_s}
+               "latency_s": record.latency_s, "finished_at": time.time()}
         return reparse(row)
 
 
