@@ -12,7 +12,6 @@ Usage: python bench/judge_throughput.py [--latency-s 0.5] [--concurrency 1 16 64
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile

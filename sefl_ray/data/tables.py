@@ -1,7 +1,8 @@
-"""Reading rows from the files users hand a stage: a `datasets` folder, parquet, jsonl or json, one reader for all."""
+"""Reading rows from the files users hand a stage: a `datasets` folder, parquet, jsonl, json or csv, one reader."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,12 @@ def read_rows(path: Path, *, key: str, split: str | None = None) -> list[dict[st
         return read_jsonl(path)
     if path.suffix == ".json":
         return _read_json(path)
-    raise ConfigError(f"{key}: unsupported file type '{path.suffix}' (a datasets folder, .parquet, .jsonl, .json)")
+    if path.suffix.lower() == ".csv":
+        with open(path, encoding="utf-8", newline="") as lines:
+            return list(csv.DictReader(lines))
+    raise ConfigError(
+        f"{key}: unsupported file type '{path.suffix}' (a datasets folder, .parquet, .jsonl, .json, .csv)"
+    )
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -15,13 +15,12 @@ Error messages name the file and the row (1-based, not counting a CSV header).
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from sefl_ray.data.tables import read_rows
-from sefl_ray.errors import ConfigError, InputNotFoundError
+from sefl_ray.errors import ConfigError
 
 REQUIRED_COLUMNS = ("item_id", "rater", "rater_kind")
 CHOICES = ("A", "B", "tie")
@@ -48,7 +47,7 @@ def read_ratings(paths: list[str | Path]) -> tuple[list[Rating], str]:
         raise ConfigError("ratings: no input files given; pass at least one CSV, JSONL, JSON or parquet file")
     ratings = []
     for path in map(Path, paths):
-        rows = _read_table(path)
+        rows = read_rows(path, key="ratings")
         if not rows:
             raise ConfigError(f"{path}: no ratings in the file")
         ratings += [_parse_row(row, f"{path} row {number}") for number, row in enumerate(rows, 1)]
@@ -70,15 +69,6 @@ def aligned_choices(ratings: list[Rating]) -> dict[tuple[str, str, str], str]:
         swapped = rating.systems is not None and rating.systems != first
         aligned[(rating.dimension, rating.rater, rating.item)] = _SWAPPED[rating.value] if swapped else rating.value
     return aligned
-
-
-def _read_table(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        raise InputNotFoundError(f"ratings: {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        with open(path, encoding="utf-8", newline="") as lines:
-            return list(csv.DictReader(lines))
-    return read_rows(path, key="ratings")
 
 
 def _parse_row(row: dict[str, Any], where: str) -> Rating:

@@ -15,7 +15,6 @@ Outputs under RUN_DIR/judge/:
 from __future__ import annotations
 
 import asyncio
-import csv
 import itertools
 import json
 import logging
@@ -240,13 +239,7 @@ def _task(kind: str, judge: str, model: str, item: str, prompt, **coordinates: s
 
 
 def _read_output_rows(path: Path) -> list[dict[str, Any]]:
-    if path.suffix == ".csv":
-        if not path.exists():
-            raise InputNotFoundError(f"judge.inputs: {path} does not exist")
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    else:
-        rows = read_rows(path, key="judge.inputs")
+    rows = read_rows(path, key="judge.inputs")
     missing = {"item_id", "feedback"} - set(rows[0] if rows else {})
     if rows and missing:
         raise ConfigError(f"judge.inputs: {path} lacks column(s) {', '.join(sorted(missing))}")

@@ -109,7 +109,8 @@ def row_to_messages(row: dict[str, Any]) -> list[dict[str, str]]:
 def tokenize_messages(messages: list[dict[str, str]], tokenizer, max_seq_len: int) -> tuple[SftExample, bool]:
     """Token ids of the rendered chat and labels that cover every assistant turn (content and end-of-turn token).
 
-    Assistant spans (up to the end-of-turn token, not the whitespace after it) are found in characters, by rendering each prefix of the conversation, and mapped to tokens
+    Assistant spans (up to the end-of-turn token, not the whitespace after it) are found in characters, by
+    rendering each prefix of the conversation, and mapped to tokens
     through the tokenizer's offsets, so it works for any template whose rendering of a prefix is a prefix of the
     whole (true of the common ones), without `{% generation %}` markers. Returns (example, was_truncated).
     """

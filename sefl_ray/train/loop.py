@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from sefl_ray.config import TrainConfig
+from sefl_ray.data.tables import read_jsonl
 from sefl_ray.train.data import IGNORE_INDEX, SftData, micro_batches, model_inputs, real_token_count
 from sefl_ray.train.flops import flops_per_token, mfu, peak_flops_per_device
 from sefl_ray.train.strategies import (
@@ -179,7 +180,7 @@ def restore_checkpoint(strategy: Strategy) -> tuple[int, list[dict[str, Any]]]:
         directory = Path(directory)
         strategy.load(directory)
         step = read_trainer_state(directory)["step"]
-        history = [json.loads(line) for line in (directory / METRICS_FILE).read_text().splitlines() if line]
+        history = read_jsonl(directory / METRICS_FILE)
     logger.info("resumed from %s at step %d", checkpoint.path, step)
     history.append({"step": step, "resumed_from": checkpoint.path})
     return step, history

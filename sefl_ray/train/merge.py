@@ -19,6 +19,7 @@ import torch
 import yaml
 
 from sefl_ray.config import TrainConfig
+from sefl_ray.data.tables import read_jsonl
 from sefl_ray.errors import InputNotFoundError, SeflError
 from sefl_ray.train.data import ensure_chat_template
 from sefl_ray.train.loop import META_FILE, METRICS_FILE, PROBE_FILE, apply_lora
@@ -82,7 +83,8 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, check_probe
     load_trained_weights(model, checkpoint_dir, train)
     model.eval()
 
-    probe = torch.load(checkpoint_dir / PROBE_FILE, weights_only=True) if (checkpoint_dir / PROBE_FILE).exists() else None
+    probe_path = checkpoint_dir / PROBE_FILE
+    probe = torch.load(probe_path, weights_only=True) if probe_path.exists() else None
     probe_diffs: dict[str, float] = {}
     merged_dir, adapter_dir = out_dir / "merged", out_dir / "adapter"
     for stale in (merged_dir, adapter_dir):
@@ -150,6 +152,7 @@ def render_model_card(meta: dict[str, Any], metrics: list[dict[str, Any]], merge
              "library_name": "transformers", "tags": ["sefl-ray", "educational-feedback", "sft"]
              + (["lora"] if train["lora"]["enabled"] else [])}
     front = {k: v for k, v in front.items() if v is not None}
+    lora = f" + LoRA r={train['lora']['r']}" if train["lora"]["enabled"] else ""
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
         "# Feedback model fine-tuned with sefl-ray", "",
@@ -160,7 +163,7 @@ def render_model_card(meta: dict[str, Any], metrics: list[dict[str, Any]], merge
         f"| dataset | `{meta['dataset']}` |",
         f"| run fingerprint | `{meta['fingerprint']}` |",
         f"| examples (train / valid) | {meta['data'].get('train_examples')} / {meta['data'].get('valid_examples')} |",
-        f"| strategy | {train['strategy']}{' + LoRA r=' + str(train['lora']['r']) if train['lora']['enabled'] else ''} |",
+        f"| strategy | {train['strategy']}{lora} |",
         f"| steps | {merge['step']} |",
         f"| final train loss | {_fmt(steps[-1]['loss'] if steps else None)} |",
         f"| eval loss (first → last) | {_fmt(evals[0]['eval_loss'] if evals else None)} → "
@@ -200,7 +203,7 @@ def _copy_generation_config(model_path: str, merged_dir: Path) -> None:
 
 def _read_metrics(checkpoint_dir: Path) -> list[dict[str, Any]]:
     path = checkpoint_dir / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    return read_jsonl(path) if path.exists() else []
 
 
 def _fmt(value: float | None) -> str:

@@ -25,6 +25,7 @@ import ray
 
 from sefl_ray.cluster import init_ray
 from sefl_ray.config import SeflConfig, TrainConfig, config_fingerprint, log_resolved_config, save_resolved_config
+from sefl_ray.data.tables import read_jsonl
 from sefl_ray.errors import ConfigError, InputNotFoundError, SeflError
 from sefl_ray.train.data import SftData, count_rows, load_sft_examples
 
@@ -154,7 +155,7 @@ def write_outputs(
 
     with checkpoint.as_directory() as directory:
         shutil.copyfile(Path(directory) / METRICS_FILE, out_dir / METRICS_FILE)
-    history = [json.loads(line) for line in (out_dir / METRICS_FILE).read_text().splitlines() if line]
+    history = read_jsonl(out_dir / METRICS_FILE)
     steps = [r for r in history if "loss" in r]
     evals = [r for r in history if r.get("eval_loss") is not None]
     summary = {
