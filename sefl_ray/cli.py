@@ -30,10 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     with_config.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
 
-    stages.add_parser(
+    pipeline = stages.add_parser(
         "pipeline", parents=[with_config], help="run every stage in order, skipping finished ones",
-        description="Run every stage in order on one config: the whole loop on a laptop or a cluster.",
+        description="Run every stage in order on one config: the whole loop on a laptop or a cluster. A stage "
+        "whose outputs exist with the same config fingerprint is skipped; RUN_DIR/manifest.json records each stage.",
     )
+    from_or_only = pipeline.add_mutually_exclusive_group()
+    from_or_only.add_argument("--from", dest="start", metavar="STAGE", help="re-run STAGE and every stage after it")
+    from_or_only.add_argument("--only", metavar="STAGE", help="run STAGE alone (even if it is current)")
     stages.add_parser(
         "synth", parents=[with_config], help="synthesize teacher/student feedback conversations (resumable)",
         description="Run teacher/student conversations on Ray Data; re-running resumes where the last run stopped.",
@@ -166,7 +170,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "pipeline":
         from sefl_ray.pipeline import run_pipeline
 
-        print(run_pipeline(config))
+        print(run_pipeline(config, start=args.start, only=args.only))
     elif args.command == "synth":
         from sefl_ray.synth.run import run_synth
 

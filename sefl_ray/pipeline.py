@@ -1,26 +1,40 @@
-"""`sefl-ray pipeline`: every stage in order on one config; each stage issue adds itself to `STAGES`."""
+"""`sefl-ray pipeline`: every stage in order on one config, each skipped when its outputs are current.
+
+A stage is current when the manifest (`RUN_DIR/manifest.json`) records it as done with the same fingerprint, its
+artifacts still exist, and the stage before it has not run again since. A stage's fingerprint hashes the config
+fields that decide its outputs (not those that only decide speed, such as concurrency) together with the previous
+stage's fingerprint, so a changed config re-runs that stage and every stage after it, and nothing before it.
+`--from STAGE` re-runs a stage and those after it; `--only STAGE` runs one stage. Stages talk only through files in
+the run dir, so each can also run alone (`sefl-ray <stage>`) or as its own Ray job.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from sefl_ray.cluster import init_ray
-from sefl_ray.config import SeflConfig, log_resolved_config, save_resolved_config
+from sefl_ray.config import SeflConfig, config_fingerprint, log_resolved_config, save_resolved_config
+from sefl_ray.errors import ConfigError
 from sefl_ray.llm.endpoint import check_api_keys
+from sefl_ray.manifest import environment_record, now_iso, read_manifest, stage_numbers, write_manifest
 
 logger = logging.getLogger(__name__)
 
 
-def run_prepare_models(config: SeflConfig) -> Path:
+def run_prepare_models(config: SeflConfig) -> list[Path]:
     """Resolve every embedded model the run names, converting each once, so later stages start offline."""
     from sefl_ray.models import resolve_model
 
+    folders = []
     for name in config.models.prepare:
-        logger.info("model %s -> %s", name, resolve_model(name))
-    return Path(config.run_dir)
+        folders.append(Path(resolve_model(name)))
+        logger.info("model %s -> %s", name, folders[-1])
+    return folders
 
 
 def run_synth_stage(config: SeflConfig) -> Path:
@@ -41,17 +55,18 @@ def run_train_stage(config: SeflConfig) -> Path:
     return run_train(config)
 
 
-def run_infer_stage(config: SeflConfig) -> Path:
+def run_infer_stage(config: SeflConfig) -> list[Path]:
     """Feedback of the base model and of the fine-tuned one on the held-out split: the two systems judged next.
     Both run as local model actors (`infer.mode: local`), so no server is needed for models that exist only as
     folders of this run."""
     from sefl_ray.infer.run import run_infer
 
     merged = Path(config.run_dir) / "train" / "merged"
+    outputs = []
     for name, model in (("base", config.train.model), ("tuned", str(merged))):
         infer = config.infer.model_copy(update={"name": name, "model": model, "mode": "local"})
-        run_infer(config.model_copy(update={"infer": infer}))
-    return Path(config.run_dir) / "infer"
+        outputs.append(run_infer(config.model_copy(update={"infer": infer})))
+    return outputs
 
 
 def run_judge_stage(config: SeflConfig) -> Path:
@@ -66,7 +81,7 @@ def run_report_stage(config: SeflConfig) -> Path:
     return run_report(config.run_dir)
 
 
-STAGES = [
+STAGES: list[tuple[str, Callable[[SeflConfig], Path | list[Path]]]] = [
     ("models", run_prepare_models),
     ("synth", run_synth_stage),
     ("export", run_export_stage),
@@ -75,6 +90,9 @@ STAGES = [
     ("judge", run_judge_stage),
     ("report", run_report_stage),
 ]
+STAGE_NAMES = [name for name, _ in STAGES]
+# The stage whose files each stage reads. `models` only fills a cache, so running it again invalidates nothing.
+UPSTREAM = {"export": "synth", "train": "export", "infer": "train", "judge": "infer", "report": "judge"}
 
 
 # Stages that call the config's endpoints: on the embedded default the run's own Serve app answers them, and it is
@@ -82,18 +100,134 @@ STAGES = [
 SERVED_STAGES = {"synth", "judge"}
 
 
-def run_pipeline(config: SeflConfig) -> Path:
+def stage_inputs(name: str, config: SeflConfig) -> dict[str, Any]:
+    """The config fields that decide a stage's outputs. Speed-only knobs are left out, so changing them re-uses
+    finished work; the model behind the run's own Serve app counts for the stages that call it."""
+    served = config.serve.app if config.serve.enabled and name in SERVED_STAGES else None
+    if name == "models":
+        return {"prepare": config.models.prepare}
+    if name == "synth":
+        from sefl_ray.synth.run import synth_fingerprint
+
+        synth = config.synth
+        return {"content": synth_fingerprint(config), "served": served, "amount": synth.model_dump(
+            mode="json", include={"num_conversations", "samples_per_source", "budget_usd", "budget_tokens"})}
+    if name == "export":
+        return {"export": config.export.model_dump(mode="json"), "seed": config.seed}
+    if name == "train":
+        from sefl_ray.train.run import EXECUTION_ONLY_FIELDS
+
+        return {"train": config.train.model_dump(mode="json", exclude=EXECUTION_ONLY_FIELDS), "seed": config.seed}
+    if name == "infer":
+        return {"infer": config.infer.model_dump(
+            mode="json", include={"input", "split", "max_new_tokens", "temperature", "batch_size", "limit"})}
+    if name == "judge":
+        judge = config.judge
+        return {"judge": judge.model_dump(mode="json", exclude={"concurrency", "num_actors"}), "served": served,
+                "models": {name: config.endpoint(name).model for name in judge.judges}, "seed": config.seed}
+    return {}
+
+
+def stage_fingerprints(config: SeflConfig) -> dict[str, str]:
+    """Each stage's fingerprint, chained: it includes the fingerprint of the stage before it."""
+    fingerprints: dict[str, str] = {}
+    upstream = ""
+    for name in STAGE_NAMES:
+        upstream = config_fingerprint({"stage": name, "inputs": stage_inputs(name, config), "upstream": upstream})
+        fingerprints[name] = upstream
+    return fingerprints
+
+
+def plan_stages(
+    manifest: dict[str, Any], fingerprints: dict[str, str], *, start: str | None = None, only: str | None = None
+) -> dict[str, str]:
+    """stage -> why it runs ('forced', 'new', 'config changed', ...) or 'skip'. A stage whose upstream runs (or
+    re-ran since it last ran, e.g. under `--only`) runs too, since it reads what that stage rewrites."""
+    for flag, stage in (("--from", start), ("--only", only)):
+        if stage is not None and stage not in STAGE_NAMES:
+            raise ConfigError(f"{flag} {stage}: no such stage (stages: {', '.join(STAGE_NAMES)})")
+    recorded = manifest.get("stages", {})
+    plan: dict[str, str] = {}
+    for name in STAGE_NAMES:
+        record = recorded.get(name) or {}
+        upstream = UPSTREAM.get(name)
+        if only is not None:
+            plan[name] = "forced" if name == only else "skip"
+        elif start is not None:
+            plan[name] = "forced" if STAGE_NAMES.index(name) >= STAGE_NAMES.index(start) else "skip"
+        elif upstream is not None and plan[upstream] != "skip":
+            plan[name] = "upstream runs"
+        else:
+            upstream_finished_at = (recorded.get(upstream) or {}).get("finished_at") if upstream else None
+            plan[name] = _staleness(record, fingerprints[name], upstream_finished_at)
+    return plan
+
+
+def _staleness(record: dict[str, Any], fingerprint: str, upstream_finished_at: str | None) -> str:
+    if record.get("status") != "done":
+        return "new" if not record else f"last run {record.get('status', 'unfinished')}"
+    if record.get("fingerprint") != fingerprint:
+        return "config changed"
+    missing = [path for path in record.get("artifacts", []) if not Path(path).exists()]
+    if missing:
+        return f"artifact missing: {missing[0]}"
+    if record.get("upstream_finished_at") != upstream_finished_at:
+        return "upstream re-ran"
+    return "skip"
+
+
+def run_pipeline(config: SeflConfig, *, start: str | None = None, only: str | None = None) -> Path:
     check_api_keys(config.endpoints)
-    log_resolved_config(config, "pipeline")
     run_dir = Path(config.run_dir)
+    fingerprints = stage_fingerprints(config)
+    manifest = read_manifest(run_dir)
+    plan = plan_stages(manifest, fingerprints, start=start, only=only)
+    for name in STAGE_NAMES:
+        logger.info("stage %-7s %s", name, "skipped (outputs current)" if plan[name] == "skip" else
+                    f"runs ({plan[name]})")
+    manifest.update({"run_dir": str(run_dir.resolve()), "config": config.model_dump(mode="json"),
+                     "fingerprints": fingerprints, "environment": environment_record()})
+    manifest.setdefault("created_at", now_iso())
+    manifest.setdefault("stages", {})
+    write_manifest(run_dir, manifest)
+    if all(why == "skip" for why in plan.values()):
+        logger.info("pipeline: every stage is current; nothing to do (--from STAGE re-runs from a stage)")
+        return run_dir
+
+    log_resolved_config(config, "pipeline")
     save_resolved_config(config, run_dir)
     init_ray(config.ray)
     for name, run_stage in STAGES:
+        if plan[name] == "skip":
+            continue
         with _local_serve(config, name in SERVED_STAGES and config.serve.enabled):
-            logger.info("stage %s: starting", name)
-            output = run_stage(config)
-            logger.info("stage %s: done -> %s", name, output)
+            _run_recorded(name, run_stage, config, manifest, fingerprints[name])
     return run_dir
+
+
+def _run_recorded(name: str, run_stage, config: SeflConfig, manifest: dict[str, Any], fingerprint: str) -> None:
+    """Run one stage and record it in the manifest: done with its numbers and artifacts, or failed with why."""
+    run_dir = Path(config.run_dir)
+    stages = manifest["stages"]
+    upstream = stages.get(UPSTREAM.get(name, ""), {})
+    record: dict[str, Any] = {"status": "running", "fingerprint": fingerprint, "started_at": now_iso(),
+                              "upstream_finished_at": upstream.get("finished_at")}
+    stages[name] = record
+    write_manifest(run_dir, manifest)
+    logger.info("stage %s: starting", name)
+    started = time.perf_counter()
+    try:
+        output = run_stage(config)
+    except BaseException as exc:
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000], finished_at=now_iso(),
+                      elapsed_s=round(time.perf_counter() - started, 3))
+        write_manifest(run_dir, manifest)
+        raise
+    artifacts = output if isinstance(output, list) else [output]
+    record.update(status="done", finished_at=now_iso(), elapsed_s=round(time.perf_counter() - started, 3),
+                  artifacts=[str(Path(path).resolve()) for path in artifacts], **stage_numbers(name, run_dir))
+    write_manifest(run_dir, manifest)
+    logger.info("stage %s: done in %.1f s -> %s", name, record["elapsed_s"], ", ".join(map(str, artifacts)))
 
 
 @contextlib.contextmanager

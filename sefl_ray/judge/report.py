@@ -1,5 +1,6 @@
 """`sefl-ray report RUN_DIR`: one self-contained HTML page (plots inlined as PNG data URIs, no scripts, no links
-out) and a markdown summary, from the judge stage's summary and, when human ratings were given, the agreement.
+out of the run dir) and a markdown summary, from the judge stage's summary and, when human ratings were given, the
+agreement. When the pipeline made the run, the report opens with its stages (from `manifest.json`) and links it.
 
 It says how far the judges can be trusted next to what they concluded: position consistency and bias beside the
 win rates, κ against the human majority with a warning under 0.4, and a plain note when a judge is the embedded
@@ -35,11 +36,28 @@ def run_report(run_dir: str | Path) -> Path:
     models = _judge_models(judge_dir)
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    sections = build_sections(summary, agreement, models)
+    sections = run_sections(run_dir) + build_sections(summary, agreement, models)
     (report_dir / "report.html").write_text(render_html(sections, run_dir))
     (report_dir / "report.md").write_text(render_markdown(sections, run_dir))
     logger.info("report: %s", report_dir / "report.html")
     return report_dir / "report.html"
+
+
+def run_sections(run_dir: Path) -> list[dict[str, Any]]:
+    """The stages of the run as the manifest recorded them; none when the run was not made by the pipeline."""
+    from sefl_ray.manifest import read_manifest
+
+    manifest = read_manifest(run_dir)
+    stages = manifest.get("stages", {})
+    if not stages:
+        return []
+    rows = [[name, record.get("status"), record.get("elapsed_s"), record.get("rows"), record.get("tokens"),
+             record.get("cost_usd")] for name, record in stages.items() if name != "report"]
+    environment = manifest.get("environment", {})
+    note = (f"From manifest.json (resolved config, fingerprints, versions, artifacts); git commit "
+            f"{environment.get('git_commit') or 'unknown'}.")
+    return [{"title": "Run", "note": note,
+             "table": (["stage", "status", "seconds", "rows", "tokens", "cost (USD)"], rows)}]
 
 
 def build_sections(summary: dict, agreement: dict | None, models: dict[str, str]) -> list[dict[str, Any]]:
@@ -128,12 +146,14 @@ def render_html(sections: list[dict[str, Any]], run_dir: Path) -> str:
              "text-align:left}.warning{color:#a00;font-weight:bold}img{max-width:100%}")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>sefl-ray report</title>"
             f"<style>{style}</style></head><body><h1>sefl-ray report: {html.escape(str(run_dir))}</h1>"
-            f"<p>Run manifest and configs: <code>{html.escape(str(run_dir / 'config.yaml'))}</code></p>"
+            f"<p>Run manifest: <a href=\"../manifest.json\">manifest.json</a>; resolved config: "
+            f"<a href=\"../config.yaml\">config.yaml</a></p>"
             f"{''.join(body)}</body></html>")
 
 
 def render_markdown(sections: list[dict[str, Any]], run_dir: Path) -> str:
-    lines = [f"# sefl-ray report: {run_dir}", ""]
+    lines = [f"# sefl-ray report: {run_dir}", "", "Run manifest: [manifest.json](../manifest.json); resolved "
+             "config: [config.yaml](../config.yaml)", ""]
     for section in sections:
         lines += [f"## {section['title']}", "", section["note"], ""]
         if section.get("table"):
