@@ -1,0 +1,159 @@
+"""Stages as Ray jobs on a real cluster: `ray start --head` in the test, `ray job submit --working-dir .` of synth,
+export and train against it, and `serve deploy` of a Serve config to it, exactly as the README tells users to.
+
+The head runs in its own process group with its own temp dir and is killed as a group afterwards: `ray stop` would
+also stop the session's local Ray (it stops every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A one-node Ray cluster started like a user's: `ray start --head`, token auth as our cluster scripts set it."""
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    dashboard_port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": ""}
+    log = open(Path(temp_dir) / "ray-start.log", "w")
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--port=0", "--num-cpus=2", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+         "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    try:
+        _wait_for_dashboard(address, env["RAY_AUTH_TOKEN"], head)
+        yield {"address": address, "env": env}
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        log.close()
+
+
+def _wait_for_dashboard(address: str, token: str, head: subprocess.Popen, timeout_s: float = 90) -> None:
+    request = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert head.poll() is None, "ray start --head exited"
+        try:
+            urllib.request.urlopen(request, timeout=2).read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"Ray's job server at {address} did not come up in {timeout_s} s")
+
+
+def submit(ray_head: dict, *command: str) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir . -- COMMAND`, waiting for the job to end (the CLI quotes each argument for
+    the shell that runs the entrypoint)."""
+    return subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--working-dir", ".", "--", *command],
+        cwd=REPO, env=ray_head["env"], capture_output=True, text=True, timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_synth_export_and_train_as_ray_jobs(ray_head, tmp_path, tiny_model_dir):
+    from sefl_ray.testing.loopback import LoopbackServer
+    from sefl_ray.testing.schema_replies import grounded_schema_reply
+
+    with LoopbackServer(replies=grounded_schema_reply) as loopback:
+        overrides = [
+            "--set", f"run_dir={tmp_path}",
+            "--set", f"endpoints=[{{name: local, model: loop-model, base_url: '{loopback.base_url}'}}]",
+            "--set", "synth.num_conversations=6", "--set", "synth.batch_size=3",
+            "--set", f"train.model={tiny_model_dir}", "--set", "train.max_steps=2",
+            "--set", "train.cpus_per_worker=1", "--set", "train.storage_path=" + str(tmp_path / "checkpoints"),
+        ]
+        for stage in ("synth", "export", "train"):
+            result = submit(ray_head, "sefl-ray", stage, "jobs/local.yaml", *overrides)
+            assert result.returncode == 0, f"{stage}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            assert "succeeded" in result.stdout + result.stderr
+        calls = len(loopback.requests)
+
+    summary = json.loads((tmp_path / "synth" / "summary.json").read_text())
+    assert (summary["ok"], summary["failed"]) == (6, 0)
+    assert calls >= 6 * 3, "the job's conversations did not reach the API"
+    train = json.loads((tmp_path / "train" / "summary.json").read_text())
+    assert train["finished"] and train["steps"] == 2
+    assert Path(train["checkpoint"]).is_relative_to(tmp_path / "checkpoints")
+    assert (tmp_path / "train" / "merged" / "config.json").exists()
+
+
+def test_a_failing_job_reports_the_user_error(ray_head, tmp_path):
+    result = submit(ray_head, "sefl-ray", "synth", "jobs/no_such_preset.yaml")
+    assert result.returncode != 0
+    assert "sefl-ray synth: error:" in result.stdout + result.stderr and "no_such_preset.yaml" in result.stdout
+
+
+@pytest.mark.slow
+def test_serve_deploy_to_the_cluster(ray_head, tmp_path, tiny_model_dir):
+    from openai import OpenAI
+
+    config = yaml.safe_load((REPO / "serve_configs" / "feedback.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    [app] = config["applications"]
+    app["args"].update(model=str(tiny_model_dir), autoscaling=None, num_replicas=1)
+    config_path = tmp_path / "feedback.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    serve = [str(BIN / "serve")]
+    deployed = subprocess.run([*serve, "deploy", str(config_path), "--address", ray_head["address"]],
+                              env=ray_head["env"], capture_output=True, text=True, timeout=120)
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    try:
+        status = _wait_until_running(serve, ray_head)
+        assert status["applications"]["feedback"]["status"] == "RUNNING", status
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model="feedback", max_tokens=8,
+                                               messages=[{"role": "user", "content": "Say hello."}])
+        assert reply.choices[0].message.content is not None and reply.usage.completion_tokens >= 1
+        assert [model.id for model in client.models.list().data] == ["feedback"]
+    finally:
+        subprocess.run([*serve, "shutdown", "--yes", "--address", ray_head["address"]], env=ray_head["env"],
+                       capture_output=True, text=True, timeout=120)
+
+
+def _wait_until_running(serve: list[str], ray_head: dict, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    status: dict = {}
+    while time.monotonic() < deadline:
+        result = subprocess.run([*serve, "status", "--address", ray_head["address"]], env=ray_head["env"],
+                                capture_output=True, text=True, timeout=60)
+        status = yaml.safe_load(result.stdout) or {}
+        app_status = status.get("applications", {}).get("feedback", {}).get("status")
+        if app_status in ("RUNNING", "DEPLOY_FAILED"):
+            return status
+        time.sleep(1)
+    return status
