@@ -167,6 +167,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     if args.address:
         config.ray.address = args.address
+    _warn_if_outputs_land_in_a_job_copy(config.run_dir)
     if args.command == "pipeline":
         from sefl_ray.pipeline import run_pipeline
 
@@ -195,6 +196,23 @@ def _dispatch(args: argparse.Namespace) -> None:
         from sefl_ray.llm.check import run_endpoint_check
 
         print(run_endpoint_check(config))
+
+
+def _warn_if_outputs_land_in_a_job_copy(run_dir: str) -> None:
+    """`ray job submit --working-dir .` runs the driver in a temporary copy of that folder, which Ray deletes later:
+    a relative run_dir would put the outputs there, so say where they go instead of letting them vanish quietly."""
+    import json
+    import os
+    from pathlib import Path
+
+    job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not job_config or "://" in run_dir or Path(run_dir).is_absolute():
+        return
+    if json.loads(job_config).get("runtime_env", {}).get("working_dir"):
+        logging.getLogger("sefl_ray").warning(
+            "run_dir %r is relative and this Ray job runs in a temporary copy of its working dir: outputs go to %s. "
+            "Pass an absolute run_dir on storage the cluster keeps (--set run_dir=/shared/...).",
+            run_dir, Path(run_dir).resolve())
 
 
 if __name__ == "__main__":

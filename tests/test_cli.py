@@ -103,3 +103,20 @@ def test_synth_export_push_from_the_command_line(tmp_path):
     push = run_cli("push", str(tmp_path / "run/export"), "--repo", "me/sefl-test", "--dry-run")
     assert push.returncode == 0, push.stderr
     assert "README.md" in push.stdout and "dry run" in push.stdout
+
+
+def test_a_relative_run_dir_inside_a_ray_job_is_flagged(tmp_path):
+    """Inside `ray job submit --working-dir .` the driver runs in a temporary copy: Ray says so through
+    RAY_JOB_CONFIG_JSON_ENV_VAR, and a relative run_dir gets a warning naming where outputs would go."""
+    import json
+    import os
+
+    job = {"runtime_env": {"working_dir": "gcs://_ray_pkg_0123.zip"}}
+    env = {**os.environ, "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job)}
+    repo_config = str(Path(__file__).resolve().parents[1] / "jobs" / "local.yaml")
+    result = run_cli("export", repo_config, env=env, cwd=tmp_path)
+    assert "run_dir 'runs/local' is relative and this Ray job runs in a temporary copy" in result.stderr
+    assert str(tmp_path / "runs" / "local") in result.stderr
+    assert result.returncode == 2 and "sefl-ray export: error:" in result.stderr  # nothing synthesized there
+    absolute = run_cli("export", repo_config, "--set", f"run_dir={tmp_path / 'abs'}", env=env, cwd=tmp_path)
+    assert "is relative" not in absolute.stderr

@@ -1,6 +1,7 @@
 """Batch inference on 50 rows: local model actors with the tiny model, and a faulty endpoint."""
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -32,11 +33,12 @@ def test_local_model_actors_give_one_row_per_input(ray_session, tiny_model_dir, 
 
 
 def test_endpoint_with_faults_keeps_failed_rows(ray_session, test_set, tmp_path):
+    """jobs/infer.yaml as shipped, its `feedback` endpoint pointed at a loopback server that fails half the calls."""
     faults = LoopbackConfig(rate_500=0.5, seed=2)
     with LoopbackServer(faults) as server:
-        config = load_config(None, [
-            f"run_dir={tmp_path / 'run'}", f"infer.input={test_set}", "infer.endpoint=loop",
-            f"endpoints=[{{name: loop, model: m, base_url: '{server.base_url}'}}]",
+        config = load_config(Path(__file__).resolve().parents[1] / "jobs" / "infer.yaml", [
+            f"run_dir={tmp_path / 'run'}", f"infer.input={test_set}",
+            f"endpoints=[{{name: feedback, model: feedback, base_url: '{server.base_url}'}}]",
             "retry.max_attempts=2", "retry.base_delay_s=0.01",
         ])
         rows = pq.read_table(run_infer(config)).to_pylist()

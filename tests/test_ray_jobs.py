@@ -75,11 +75,18 @@ def _wait_for_dashboard(address: str, token: str, head: subprocess.Popen, timeou
 
 def submit(ray_head: dict, *command: str) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir . -- COMMAND`, waiting for the job to end (the CLI quotes each argument for
-    the shell that runs the entrypoint)."""
-    return subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--working-dir", ".", "--", *command],
-        cwd=REPO, env=ray_head["env"], capture_output=True, text=True, timeout=300,
-    )
+    the shell that runs the entrypoint). The job server answers before the head's agent has registered, and on a
+    busy machine that can take a while: a submission refused for that reason is tried again."""
+    deadline = time.monotonic() + 120
+    while True:
+        result = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", ray_head["address"], "--working-dir", ".", "--",
+             *command],
+            cwd=REPO, env=ray_head["env"], capture_output=True, text=True, timeout=300,
+        )
+        if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(2)
 
 
 @pytest.mark.slow
@@ -95,7 +102,7 @@ def test_synth_export_and_train_as_ray_jobs(ray_head, tmp_path, tiny_model_dir):
             "--set", f"train.model={tiny_model_dir}", "--set", "train.max_steps=2",
             "--set", "train.cpus_per_worker=1", "--set", "train.storage_path=" + str(tmp_path / "checkpoints"),
         ]
-        for stage in ("synth", "export", "train"):
+        for stage in ("synth", "export", "train"):  # export needs no cluster, but runs where synth wrote: as a job
             result = submit(ray_head, "sefl-ray", stage, "jobs/local.yaml", *overrides)
             assert result.returncode == 0, f"{stage}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             assert "succeeded" in result.stdout + result.stderr
@@ -108,12 +115,6 @@ def test_synth_export_and_train_as_ray_jobs(ray_head, tmp_path, tiny_model_dir):
     assert train["finished"] and train["steps"] == 2
     assert Path(train["checkpoint"]).is_relative_to(tmp_path / "checkpoints")
     assert (tmp_path / "train" / "merged" / "config.json").exists()
-
-
-def test_a_failing_job_reports_the_user_error(ray_head, tmp_path):
-    result = submit(ray_head, "sefl-ray", "synth", "jobs/no_such_preset.yaml")
-    assert result.returncode != 0
-    assert "sefl-ray synth: error:" in result.stdout + result.stderr and "no_such_preset.yaml" in result.stdout
 
 
 @pytest.mark.slow
