@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sefl_ray.errors import ConfigError
 from sefl_ray.llm.endpoint import EndpointConfig
@@ -276,7 +276,10 @@ class JudgeConfig(StrictModel):
 class SeflConfig(StrictModel):
     """The whole run: shared settings and one section per stage."""
 
-    run_dir: str = Field("runs/local", description="Where every stage writes its outputs (local path or URI).")
+    run_dir: str = Field(
+        "runs/local", description="Where every stage writes its outputs: a local or mounted path (NFS, Lustre, a "
+        "PVC); on a cluster, one every node sees. Object-store URIs work for train.storage_path only."
+    )
     seed: int = Field(0, description="Seed for sampling, splits and training.")
     ray: RayConfig = Field(default_factory=RayConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
@@ -290,6 +293,15 @@ class SeflConfig(StrictModel):
     infer: InferConfig = Field(default_factory=InferConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_is_a_path(cls, run_dir: str) -> str:
+        # pathlib would quietly turn "s3://bucket/run" into a local folder "s3:/bucket/run": refuse it instead.
+        if "://" in run_dir:
+            raise ValueError(f"{run_dir!r} is a URI; run_dir must be a local or mounted path (object storage is "
+                             "supported for train.storage_path, Ray Train's checkpoints)")
+        return run_dir
 
     def endpoint(self, name: str) -> EndpointConfig:
         for endpoint in self.endpoints:

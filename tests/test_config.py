@@ -33,6 +33,7 @@ def test_overrides_are_typed_and_nested(tmp_path):
         ("ray: [1, 2\n", "malformed YAML at line"),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("endpoints:\n  - {name: a, rpm: -1}\n", "endpoints.0.rpm"),
+        ("run_dir: s3://bucket/run\n", "run_dir: Value error, 's3://bucket/run' is a URI"),
     ],
 )
 def test_bad_configs_name_the_problem(tmp_path, text, message):
