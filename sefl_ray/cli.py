@@ -206,7 +206,7 @@ def _warn_if_outputs_land_in_a_job_copy(run_dir: str) -> None:
     from pathlib import Path
 
     job_config = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
-    if not job_config or "://" in run_dir or Path(run_dir).is_absolute():
+    if not job_config or Path(run_dir).is_absolute():
         return
     if json.loads(job_config).get("runtime_env", {}).get("working_dir"):
         logging.getLogger("sefl_ray").warning(

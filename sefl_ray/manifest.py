@@ -9,13 +9,18 @@ leaves an accurate record of what finished.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import platform
 import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 PACKAGES = ["sefl-ray", "ray", "torch", "transformers", "peft", "deepspeed", "autogen-agentchat", "autogen-ext",
@@ -27,22 +32,32 @@ def manifest_path(run_dir: str | Path) -> Path:
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    """The manifest, or an empty one; an unreadable file is treated as absent (its stages simply run again)."""
+    """The manifest, or an empty one. An unreadable file is set aside (`manifest.json.unreadable`) and its stages
+    simply run again: their own resume logic (row ids, call caches, train fingerprints) keeps that cheap."""
     path = manifest_path(run_dir)
+    if not path.exists():
+        return {"stages": {}}
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, ValueError):
+        if not isinstance(manifest.get("stages"), dict):
+            raise ValueError("no 'stages' mapping")
+    except (OSError, ValueError, AttributeError) as exc:
+        logger.warning("%s is unreadable (%s): moved to %s.unreadable; every stage is treated as not run", path,
+                       exc, path.name)
+        path.replace(path.with_name(path.name + ".unreadable"))
         return {"stages": {}}
-    return manifest if isinstance(manifest.get("stages"), dict) else {"stages": {}}
+    return manifest
 
 
 def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write atomically (temp file + rename), so a kill mid-write never leaves half a manifest."""
+    """Write atomically (a temp file of this process, then a rename), so a kill mid-write never leaves half a
+    manifest. One pipeline per run dir: two at once would each keep only their own stage records."""
     path = manifest_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".json.tmp")
-    temp.write_text(json.dumps(manifest, indent=2, default=str))
-    temp.replace(path)
+    handle, temp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=path.parent)
+    with os.fdopen(handle, "w") as out:
+        out.write(json.dumps(manifest, indent=2, default=str))
+    os.replace(temp, path)
     return path
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,13 @@ def run_export_stage(config: SeflConfig) -> Path:
 
 
 def run_train_stage(config: SeflConfig) -> Path:
+    """Train and merge: `infer` runs the merged folder as the tuned system, so the pipeline always merges."""
     from sefl_ray.train.run import run_train
 
-    return run_train(config)
+    if not config.train.merge:
+        logger.info("pipeline: train.merge is false, but infer needs the merged model; merging anyway")
+        config = config.model_copy(update={"train": config.train.model_copy(update={"merge": True})})
+    return run_train(config) / "merged"
 
 
 def run_infer_stage(config: SeflConfig) -> list[Path]:
@@ -98,12 +103,16 @@ UPSTREAM = {"export": "synth", "train": "export", "infer": "train", "judge": "in
 # Stages that call the config's endpoints: on the embedded default the run's own Serve app answers them, and it is
 # stopped between such stages so that training gets the CPUs (or GPUs) the model replica would hold.
 SERVED_STAGES = {"synth", "judge"}
+# The fields of the run's Serve app that decide what it answers (replicas, batching and CPUs only decide speed).
+SERVED_MODEL_FIELDS = ("model", "engine", "dtype", "served_model_name", "max_model_len", "default_max_tokens",
+                       "adapters")
 
 
 def stage_inputs(name: str, config: SeflConfig) -> dict[str, Any]:
     """The config fields that decide a stage's outputs. Speed-only knobs are left out, so changing them re-uses
     finished work; the model behind the run's own Serve app counts for the stages that call it."""
-    served = config.serve.app if config.serve.enabled and name in SERVED_STAGES else None
+    served = ({field: config.serve.app.get(field) for field in SERVED_MODEL_FIELDS}
+              if config.serve.enabled and name in SERVED_STAGES else None)
     if name == "models":
         return {"prepare": config.models.prepare}
     if name == "synth":
@@ -117,29 +126,38 @@ def stage_inputs(name: str, config: SeflConfig) -> dict[str, Any]:
     if name == "train":
         from sefl_ray.train.run import EXECUTION_ONLY_FIELDS
 
-        return {"train": config.train.model_dump(mode="json", exclude=EXECUTION_ONLY_FIELDS), "seed": config.seed}
+        # `merge` is an execution field of `sefl-ray train`, but the pipeline always merges (see run_train_stage).
+        return {"train": config.train.model_dump(mode="json", exclude=EXECUTION_ONLY_FIELDS | {"merge"}),
+                "seed": config.seed}
     if name == "infer":
         return {"infer": config.infer.model_dump(
             mode="json", include={"input", "split", "max_new_tokens", "temperature", "batch_size", "limit"})}
     if name == "judge":
         judge = config.judge
         return {"judge": judge.model_dump(mode="json", exclude={"concurrency", "num_actors"}), "served": served,
-                "models": {name: config.endpoint(name).model for name in judge.judges}, "seed": config.seed}
+                "models": _endpoint_models(config, judge.judges), "seed": config.seed}
     return {}
 
 
+def _endpoint_models(config: SeflConfig, names: list[str]) -> dict[str, str | None]:
+    """Model per endpoint name; an unknown name is left for the stage itself to report, with its context."""
+    known = {endpoint.name: endpoint.model for endpoint in config.endpoints}
+    return {name: known.get(name) for name in names}
+
+
 def stage_fingerprints(config: SeflConfig) -> dict[str, str]:
-    """Each stage's fingerprint, chained: it includes the fingerprint of the stage before it."""
+    """Each stage's fingerprint, chained: it includes the fingerprint of the stage it reads from (UPSTREAM)."""
     fingerprints: dict[str, str] = {}
-    upstream = ""
     for name in STAGE_NAMES:
-        upstream = config_fingerprint({"stage": name, "inputs": stage_inputs(name, config), "upstream": upstream})
-        fingerprints[name] = upstream
+        upstream = fingerprints[UPSTREAM[name]] if name in UPSTREAM else ""
+        fingerprints[name] = config_fingerprint({"stage": name, "inputs": stage_inputs(name, config),
+                                                 "upstream": upstream})
     return fingerprints
 
 
 def plan_stages(
-    manifest: dict[str, Any], fingerprints: dict[str, str], *, start: str | None = None, only: str | None = None
+    manifest: dict[str, Any], fingerprints: dict[str, str], run_dir: Path, *, start: str | None = None,
+    only: str | None = None,
 ) -> dict[str, str]:
     """stage -> why it runs ('forced', 'new', 'config changed', ...) or 'skip'. A stage whose upstream runs (or
     re-ran since it last ran, e.g. under `--only`) runs too, since it reads what that stage rewrites."""
@@ -149,69 +167,77 @@ def plan_stages(
     recorded = manifest.get("stages", {})
     plan: dict[str, str] = {}
     for name in STAGE_NAMES:
-        record = recorded.get(name) or {}
         upstream = UPSTREAM.get(name)
         if only is not None:
             plan[name] = "forced" if name == only else "skip"
-        elif start is not None:
-            plan[name] = "forced" if STAGE_NAMES.index(name) >= STAGE_NAMES.index(start) else "skip"
-        elif upstream is not None and plan[upstream] != "skip":
+        elif start is not None and STAGE_NAMES.index(name) >= STAGE_NAMES.index(start):
+            plan[name] = "forced"
+        elif start is None and upstream is not None and plan[upstream] != "skip":
             plan[name] = "upstream runs"
         else:
-            upstream_finished_at = (recorded.get(upstream) or {}).get("finished_at") if upstream else None
-            plan[name] = _staleness(record, fingerprints[name], upstream_finished_at)
+            upstream_run_id = (recorded.get(upstream) or {}).get("run_id") if upstream else None
+            why = _staleness(recorded.get(name) or {}, fingerprints[name], upstream_run_id, run_dir)
+            if why != "skip" and start is not None:
+                logger.warning("stage %s is stale (%s) but comes before --from %s: not run; its outputs are used "
+                               "as they are", name, why, start)
+                why = "skip"
+            plan[name] = why
     return plan
 
 
-def _staleness(record: dict[str, Any], fingerprint: str, upstream_finished_at: str | None) -> str:
+def _staleness(record: dict[str, Any], fingerprint: str, upstream_run_id: str | None, run_dir: Path) -> str:
     if record.get("status") != "done":
         return "new" if not record else f"last run {record.get('status', 'unfinished')}"
     if record.get("fingerprint") != fingerprint:
         return "config changed"
-    missing = [path for path in record.get("artifacts", []) if not Path(path).exists()]
+    missing = [path for path in record.get("artifacts", []) if not (run_dir / path).exists()]
     if missing:
         return f"artifact missing: {missing[0]}"
-    if record.get("upstream_finished_at") != upstream_finished_at:
+    if record.get("upstream_run_id") != upstream_run_id:
         return "upstream re-ran"
     return "skip"
 
 
 def run_pipeline(config: SeflConfig, *, start: str | None = None, only: str | None = None) -> Path:
-    check_api_keys(config.endpoints)
+    check_api_keys(config.endpoints)  # first: an unset key is the likeliest mistake, and its message says which
     run_dir = Path(config.run_dir)
     fingerprints = stage_fingerprints(config)
     manifest = read_manifest(run_dir)
-    plan = plan_stages(manifest, fingerprints, start=start, only=only)
+    plan = plan_stages(manifest, fingerprints, run_dir, start=start, only=only)
     for name in STAGE_NAMES:
         logger.info("stage %-7s %s", name, "skipped (outputs current)" if plan[name] == "skip" else
                     f"runs ({plan[name]})")
-    manifest.update({"run_dir": str(run_dir.resolve()), "config": config.model_dump(mode="json"),
-                     "fingerprints": fingerprints, "environment": environment_record()})
-    manifest.setdefault("created_at", now_iso())
-    manifest.setdefault("stages", {})
-    write_manifest(run_dir, manifest)
     if all(why == "skip" for why in plan.values()):
         logger.info("pipeline: every stage is current; nothing to do (--from STAGE re-runs from a stage)")
         return run_dir
 
+    manifest.update({"run_dir": str(run_dir.resolve()), "config": config.model_dump(mode="json"),
+                     "fingerprints": fingerprints})
+    manifest.setdefault("created_at", now_iso())
+    manifest.setdefault("stages", {})
     log_resolved_config(config, "pipeline")
     save_resolved_config(config, run_dir)
     init_ray(config.ray)
+    environment = environment_record()
     for name, run_stage in STAGES:
         if plan[name] == "skip":
             continue
         with _local_serve(config, name in SERVED_STAGES and config.serve.enabled):
-            _run_recorded(name, run_stage, config, manifest, fingerprints[name])
+            _run_recorded(name, run_stage, config, manifest, fingerprints[name], environment)
     return run_dir
 
 
-def _run_recorded(name: str, run_stage, config: SeflConfig, manifest: dict[str, Any], fingerprint: str) -> None:
-    """Run one stage and record it in the manifest: done with its numbers and artifacts, or failed with why."""
+def _run_recorded(name: str, run_stage, config: SeflConfig, manifest: dict[str, Any], fingerprint: str,
+                  environment: dict[str, Any]) -> None:
+    """Run one stage and record it in the manifest: done with its numbers and artifacts, or failed with why. Each
+    record keeps the environment (versions, git commit) that produced it, and a run id that later stages note as
+    their upstream's, so a stage re-run alone (`--only`) makes the stages reading it stale."""
     run_dir = Path(config.run_dir)
     stages = manifest["stages"]
     upstream = stages.get(UPSTREAM.get(name, ""), {})
-    record: dict[str, Any] = {"status": "running", "fingerprint": fingerprint, "started_at": now_iso(),
-                              "upstream_finished_at": upstream.get("finished_at")}
+    record: dict[str, Any] = {"status": "running", "run_id": uuid.uuid4().hex[:12], "fingerprint": fingerprint,
+                              "started_at": now_iso(), "upstream_run_id": upstream.get("run_id"),
+                              "environment": environment}
     stages[name] = record
     write_manifest(run_dir, manifest)
     logger.info("stage %s: starting", name)
@@ -223,11 +249,19 @@ def _run_recorded(name: str, run_stage, config: SeflConfig, manifest: dict[str, 
                       elapsed_s=round(time.perf_counter() - started, 3))
         write_manifest(run_dir, manifest)
         raise
-    artifacts = output if isinstance(output, list) else [output]
+    artifacts = [_relative_to(run_dir, Path(path)) for path in (output if isinstance(output, list) else [output])]
     record.update(status="done", finished_at=now_iso(), elapsed_s=round(time.perf_counter() - started, 3),
-                  artifacts=[str(Path(path).resolve()) for path in artifacts], **stage_numbers(name, run_dir))
+                  artifacts=artifacts, **stage_numbers(name, run_dir))
     write_manifest(run_dir, manifest)
-    logger.info("stage %s: done in %.1f s -> %s", name, record["elapsed_s"], ", ".join(map(str, artifacts)))
+    logger.info("stage %s: done in %.1f s -> %s", name, record["elapsed_s"], ", ".join(artifacts))
+
+
+def _relative_to(run_dir: Path, path: Path) -> str:
+    """Artifacts inside the run dir are recorded relative to it, so a moved or remounted run dir stays current."""
+    try:
+        return str(path.resolve().relative_to(run_dir.resolve()))
+    except ValueError:
+        return str(path.resolve())
 
 
 @contextlib.contextmanager

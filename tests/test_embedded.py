@@ -31,7 +31,8 @@ def embedded_url(ray_session, embedded_model_dir):
     port = _free_port()
     serve.shutdown()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app({"model": MODEL, "max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 2}),
+    serve.run(build_app({"model": MODEL, "max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 1,
+                        "torch_threads": 2}),
               name="embedded", route_prefix="/")
     yield f"http://127.0.0.1:{port}/v1"
     serve.shutdown()

@@ -31,8 +31,9 @@ def pipeline_config(run_dir: Path, base_url: str, model_dir: Path, *overrides: s
     ])
 
 
-def finished_at(run_dir: Path) -> dict[str, str]:
-    return {name: record["finished_at"] for name, record in read_manifest(run_dir)["stages"].items()}
+def run_ids(run_dir: Path) -> dict[str, str]:
+    """Each stage's run id: a new one means the stage ran again."""
+    return {name: record["run_id"] for name, record in read_manifest(run_dir)["stages"].items()}
 
 
 @pytest.mark.slow
@@ -46,9 +47,11 @@ def test_pipeline_runs_every_stage_once_and_reruns_only_what_changed(ray_session
         assert list(manifest["stages"]) == STAGE_NAMES
         assert all(record["status"] == "done" for record in manifest["stages"].values()), manifest["stages"]
         for record in manifest["stages"].values():
-            assert all(Path(path).exists() for path in record["artifacts"]), record
+            assert all((run_dir / path).exists() for path in record["artifacts"]), record
+        assert manifest["stages"]["train"]["artifacts"] == ["train/merged"]
+        assert manifest["stages"]["synth"]["environment"]["packages"]["ray"]
         assert manifest["fingerprints"] == stage_fingerprints(config)
-        assert manifest["environment"]["packages"]["ray"] and manifest["config"]["run_dir"] == str(run_dir)
+        assert manifest["config"]["run_dir"] == str(run_dir)
         synth = manifest["stages"]["synth"]
         assert synth["rows"] == 8 and synth["tokens"] > 0
         assert manifest["stages"]["infer"]["systems"].keys() == {"base", "tuned"}
@@ -58,39 +61,87 @@ def test_pipeline_runs_every_stage_once_and_reruns_only_what_changed(ray_session
         assert 'href="../manifest.json"' in report and "<td>synth</td>" in report
 
         calls_after_first_run = len(server.requests)
-        first = finished_at(run_dir)
+        first = run_ids(run_dir)
         run_pipeline(config)
-        assert finished_at(run_dir) == first, "a second run of an unchanged config did work"
+        assert run_ids(run_dir) == first, "a second run of an unchanged config did work"
         assert len(server.requests) == calls_after_first_run, "a second run called the API"
 
         changed = pipeline_config(run_dir, server.base_url, tiny_model_dir, "judge.mode=pairwise")
         run_pipeline(changed)
-        after_change = finished_at(run_dir)
+        after_change = run_ids(run_dir)
         rerun = {name for name in STAGE_NAMES if after_change[name] != first[name]}
         assert rerun == {"judge", "report"}
         assert json.loads((run_dir / "judge" / "summary.json").read_text())["rubric"] == []
 
         run_pipeline(changed, only="export")
-        after_only = finished_at(run_dir)
+        after_only = run_ids(run_dir)
         assert {name for name in STAGE_NAMES if after_only[name] != after_change[name]} == {"export"}
         # export re-ran under --only, so what reads it is stale now and the next plain run re-runs it.
-        plan = plan_stages(read_manifest(run_dir), stage_fingerprints(changed))
+        plan = plan_stages(read_manifest(run_dir), stage_fingerprints(changed), run_dir)
         assert [name for name in STAGE_NAMES if plan[name] != "skip"] == ["train", "infer", "judge", "report"]
         assert plan["train"] == "upstream re-ran"
 
+        # Fewer conversations than were synthesized: the export holds only the rows this config plans.
+        fewer = pipeline_config(run_dir, server.base_url, tiny_model_dir, "synth.num_conversations=6")
+        run_pipeline(fewer, only="export")
+        exported = json.loads((run_dir / "export" / "export_summary.json").read_text())["records"]
+        assert exported["total"] == 6 and exported["exported"] == 6
 
-def test_from_and_only_name_real_stages_and_force_them(tmp_path):
-    fingerprints = stage_fingerprints(load_config(Path(__file__).resolve().parents[1] / "jobs" / "local.yaml", [f"run_dir={tmp_path}"]))
-    done = {"stages": {name: {"status": "done", "fingerprint": fingerprints[name], "artifacts": [],
-                              "finished_at": "t"} for name in STAGE_NAMES}}
-    for name, record in done["stages"].items():
-        record["upstream_finished_at"] = "t" if name in UPSTREAM else None
-    assert set(plan_stages(done, fingerprints).values()) == {"skip"}
-    assert plan_stages(done, fingerprints, start="judge") == {
+
+def all_done(fingerprints: dict[str, str], artifacts: list[str]) -> dict:
+    stages = {name: {"status": "done", "fingerprint": fingerprints[name], "artifacts": artifacts,
+                     "run_id": f"run-{name}"} for name in STAGE_NAMES}
+    for name, record in stages.items():
+        record["upstream_run_id"] = f"run-{UPSTREAM[name]}" if name in UPSTREAM else None
+    return {"stages": stages}
+
+
+def local_config(tmp_path, *overrides: str):
+    return load_config(Path(__file__).resolve().parents[1] / "jobs" / "local.yaml", [f"run_dir={tmp_path}",
+                                                                                      *overrides])
+
+
+def test_from_and_only_name_real_stages_and_force_them(tmp_path, caplog):
+    fingerprints = stage_fingerprints(local_config(tmp_path))
+    (tmp_path / "out").mkdir()
+    done = all_done(fingerprints, ["out"])
+    assert set(plan_stages(done, fingerprints, tmp_path).values()) == {"skip"}
+    assert plan_stages(done, fingerprints, tmp_path, start="judge") == {
         **{name: "skip" for name in STAGE_NAMES[:-2]}, "judge": "forced", "report": "forced"}
-    assert [name for name, why in plan_stages(done, fingerprints, only="train").items() if why != "skip"] == ["train"]
+    only_train = plan_stages(done, fingerprints, tmp_path, only="train")
+    assert [name for name, why in only_train.items() if why != "skip"] == ["train"]
     with pytest.raises(ConfigError, match="--from jugde: no such stage"):
-        plan_stages(done, fingerprints, start="jugde")
+        plan_stages(done, fingerprints, tmp_path, start="jugde")
+
     done["stages"]["train"]["fingerprint"] = "something else"
-    assert plan_stages(done, fingerprints)["train"] == "config changed"
-    assert plan_stages(done, fingerprints)["report"] == "upstream runs"
+    assert plan_stages(done, fingerprints, tmp_path)["train"] == "config changed"
+    assert plan_stages(done, fingerprints, tmp_path)["report"] == "upstream runs"
+    plan = plan_stages(done, fingerprints, tmp_path, start="judge")
+    assert plan["train"] == "skip" and "stage train is stale (config changed) but comes before --from judge" in (
+        caplog.text)
+
+    (tmp_path / "out").rmdir()
+    assert plan_stages(all_done(fingerprints, ["out"]), fingerprints, tmp_path)["models"] == "artifact missing: out"
+    interrupted = all_done(fingerprints, [])
+    interrupted["stages"]["judge"]["status"] = "running"
+    assert plan_stages(interrupted, fingerprints, tmp_path)["judge"] == "last run running"
+
+
+@pytest.mark.parametrize(("override", "stale"), [
+    ("judge.mode=pairwise", {"judge", "report"}),
+    ("judge.concurrency=3", set()),
+    ("synth.concurrency=3", set()),
+    ("synth.num_conversations=20", {"synth", "export", "train", "infer", "judge", "report"}),
+    ("serve.app.max_batch_size=4", set()),
+    ("serve.app.model=/models/other", {"synth", "export", "train", "infer", "judge", "report"}),
+    ("models.prepare=[]", {"models"}),
+    ("export.valid_fraction=0.5", {"export", "train", "infer", "judge", "report"}),
+    ("train.lr=1e-3", {"train", "infer", "judge", "report"}),
+    ("train.cpus_per_worker=1", set()),
+    ("train.merge=false", set()),
+    ("infer.max_new_tokens=10", {"infer", "judge", "report"}),
+])
+def test_a_changed_field_makes_its_stage_and_the_later_ones_stale(tmp_path, override, stale):
+    before = stage_fingerprints(local_config(tmp_path))
+    after = stage_fingerprints(local_config(tmp_path, override))
+    assert {name for name in STAGE_NAMES if before[name] != after[name]} == stale

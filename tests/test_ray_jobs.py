@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,13 +38,17 @@ def ray_head():
     """A one-node Ray cluster started like a user's: `ray start --head`, token auth as our cluster scripts set it."""
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
     dashboard_port = free_port()
+    # Every fixed default port of a head, moved to a free one: the session's own local Ray already holds some.
+    ports = [f"--{name}={free_port()}" for name in (
+        "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+        "metrics-export-port", "node-manager-port", "object-manager-port")]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": ""}
     log = open(Path(temp_dir) / "ray-start.log", "w")
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--port=0", "--num-cpus=2", "--include-dashboard=true",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats"],
+         "--disable-usage-stats", *ports],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard_port}"
@@ -58,6 +63,7 @@ def ray_head():
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
         log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_dashboard(address: str, token: str, head: subprocess.Popen, timeout_s: float = 90) -> None:

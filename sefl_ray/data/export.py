@@ -52,10 +52,23 @@ def run_export(
     *,
     seed: int = 0,
     dataset_name: str = "sefl-ray synthetic feedback",
+    only_ids: set[str] | None = None,
 ) -> Path:
-    """Export the records under `records_dir` to `out_dir` (see the module docstring); returns `out_dir`."""
+    """Export the records under `records_dir` to `out_dir` (see the module docstring); returns `out_dir`.
+    `only_ids` keeps just those records: the rows the current synth config planned, when a run dir also holds
+    rows of an earlier config (another fingerprint, or a larger `num_conversations`)."""
     records_dir, out_dir = Path(records_dir), Path(out_dir)
     records = _read_exportable_records(records_dir)
+    if only_ids is not None:
+        planned = pa.array([row_id in only_ids for row_id in records["id"].to_pylist()], type=pa.bool_())
+        left_out = records.num_rows - sum(planned.to_pylist())
+        records = records.filter(planned)
+        if left_out:
+            logger.info("export: %d record(s) under %s belong to another synth config; left out", left_out,
+                        records_dir)
+        if records.num_rows == 0:
+            raise InputNotFoundError(f"none of the records under {records_dir} was planned by this synth config: "
+                                     "run the synthesis stage with it first")
     statuses = records["status"].to_pylist()
     keep = [status == "ok" or export_config.include_failed for status in statuses]
     rows = records.filter(pa.array(keep)).to_pylist()
@@ -355,6 +368,10 @@ def _size_category(n: int) -> str:
 
 
 def run_export_stage(config) -> Path:
-    """The `export` stage on a run dir: synth records in, `RUN_DIR/export` out."""
+    """The `export` stage on a run dir: the records the config's synthesis planned in, `RUN_DIR/export` out."""
+    from sefl_ray.synth.run import plan_conversations, synth_fingerprint
+
     run_dir = Path(config.run_dir)
-    return run_export(run_dir / "synth" / "records", run_dir / "export", config.export, seed=config.seed)
+    planned = {plan["id"] for plan in plan_conversations(config, synth_fingerprint(config))}
+    return run_export(run_dir / "synth" / "records", run_dir / "export", config.export, seed=config.seed,
+                      only_ids=planned)

@@ -46,18 +46,26 @@ def run_report(run_dir: str | Path) -> Path:
 def run_sections(run_dir: Path) -> list[dict[str, Any]]:
     """The stages of the run as the manifest recorded them; none when the run was not made by the pipeline."""
     from sefl_ray.manifest import read_manifest
+    from sefl_ray.pipeline import STAGE_NAMES
 
-    manifest = read_manifest(run_dir)
-    stages = manifest.get("stages", {})
+    stages = read_manifest(run_dir).get("stages", {})
     if not stages:
         return []
-    rows = [[name, record.get("status"), record.get("elapsed_s"), record.get("rows"), record.get("tokens"),
-             record.get("cost_usd")] for name, record in stages.items() if name != "report"]
-    environment = manifest.get("environment", {})
-    note = (f"From manifest.json (resolved config, fingerprints, versions, artifacts); git commit "
-            f"{environment.get('git_commit') or 'unknown'}.")
-    return [{"title": "Run", "note": note,
-             "table": (["stage", "status", "seconds", "rows", "tokens", "cost (USD)"], rows)}]
+    rows = []
+    for name in STAGE_NAMES:
+        record = stages.get(name)
+        if record is None or name == "report":
+            continue
+        commit = (record.get("environment") or {}).get("git_commit") or ""
+        rows.append([name, record.get("status"), *(_blank(record.get(key)) for key in
+                     ("elapsed_s", "rows", "tokens", "cost_usd")), commit[:12]])
+    return [{"title": "Run", "note": "Each stage as manifest.json records it (resolved config, fingerprints, "
+             "versions and artifact paths are there too).",
+             "table": (["stage", "status", "seconds", "rows", "tokens", "cost (USD)", "git commit"], rows)}]
+
+
+def _blank(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def build_sections(summary: dict, agreement: dict | None, models: dict[str, str]) -> list[dict[str, Any]]:
@@ -146,14 +154,23 @@ def render_html(sections: list[dict[str, Any]], run_dir: Path) -> str:
              "text-align:left}.warning{color:#a00;font-weight:bold}img{max-width:100%}")
     return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>sefl-ray report</title>"
             f"<style>{style}</style></head><body><h1>sefl-ray report: {html.escape(str(run_dir))}</h1>"
-            f"<p>Run manifest: <a href=\"../manifest.json\">manifest.json</a>; resolved config: "
-            f"<a href=\"../config.yaml\">config.yaml</a></p>"
+            f"{_links_html(run_dir)}"
             f"{''.join(body)}</body></html>")
 
 
+def _run_files(run_dir: Path) -> list[str]:
+    """The run's own record files that exist, linked relative to report/ (the report never links outside)."""
+    return [name for name in ("manifest.json", "config.yaml") if (run_dir / name).exists()]
+
+
+def _links_html(run_dir: Path) -> str:
+    links = " · ".join(f'<a href="../{name}">{name}</a>' for name in _run_files(run_dir))
+    return f"<p>{links}</p>" if links else ""
+
+
 def render_markdown(sections: list[dict[str, Any]], run_dir: Path) -> str:
-    lines = [f"# sefl-ray report: {run_dir}", "", "Run manifest: [manifest.json](../manifest.json); resolved "
-             "config: [config.yaml](../config.yaml)", ""]
+    links = " · ".join(f"[{name}](../{name})" for name in _run_files(run_dir))
+    lines = [f"# sefl-ray report: {run_dir}", "", links, ""] if links else [f"# sefl-ray report: {run_dir}", ""]
     for section in sections:
         lines += [f"## {section['title']}", "", section["note"], ""]
         if section.get("table"):

@@ -110,6 +110,10 @@ class ServeAppConfig(StrictModel):
     autoscaling: AutoscalingSettings | None = Field(None, description="Replica bounds and target; None: fixed.")
     max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (>= batch size).")
     num_cpus: float = Field(1, ge=0, description="CPUs each replica reserves.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="Torch threads per replica; None: Ray's default, one per reserved CPU. More than "
+        "num_cpus lets a CPU replica use cores it shares with light work (API callers) without reserving them."
+    )
     num_gpus: float = Field(0, ge=0, description="GPUs each replica reserves.")
 
     @model_validator(mode="after")
@@ -369,6 +373,10 @@ class OpenAIDeployment:
         engine_factory: Callable[[ServeAppConfig], Engine] | None = None,
     ) -> None:
         self._config = load_app_config(config)
+        if self._config.torch_threads:
+            import torch
+
+            torch.set_num_threads(self._config.torch_threads)
         self._engine = (engine_factory or build_engine)(self._config)
         self._started = now()
         self._api_key = _api_key(self._config.api_key_env)

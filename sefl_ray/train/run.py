@@ -35,7 +35,8 @@ SUMMARY_FILE = "summary.json"
 PROBE_TOKENS = 64
 # Fields that change how a run is executed or reported, not the weights it produces.
 EXECUTION_ONLY_FIELDS = {"storage_path", "max_failures", "log_every_steps", "merge", "num_checkpoints_to_keep",
-                         "checkpoint_every_steps", "cpus_per_worker", "placement_strategy", "backend"}
+                         "checkpoint_every_steps", "cpus_per_worker", "placement_strategy", "backend",
+                         "activation_checkpointing", "eval_at_start"}
 
 
 class TrainingFailedError(SeflError):
