@@ -4,7 +4,8 @@ Two apps serve the same embedded model on one local Ray, one batching (max_batch
 send chat requests (greedy, fixed max_tokens) at concurrency 1, 8 and 32.
 
 Serve's overhead is what a request pays for going through Serve rather than calling the engine in-process: the p50
-of sequential one-token requests through the unbatched app (HTTP, proxy, routing, the OpenAI layer, one prefill)
+of sequential one-token requests over plain HTTP through the unbatched app (HTTP, proxy, routing, the OpenAI layer,
+one prefill)
 minus the p50 of the same requests run by the same engine in this process, with as many torch threads as a
 replica gets (Ray sets OMP_NUM_THREADS to its num_cpus). One-token requests keep decoding time, which has nothing
 to do with Serve, from swamping the difference; the same comparison at --max-tokens is printed beside it.
@@ -63,6 +64,26 @@ async def load(base_url: str, concurrency: int, requests_per_client: int, max_to
     return latencies, tokens, wall
 
 
+def raw_latencies(base_url: str, requests: int, max_tokens: int) -> list[float]:
+    """Sequential chat requests over plain HTTP (urllib): the overhead comparison should charge Serve, not the
+    `openai` client's own per-request work, which an in-process call does not pay either."""
+    import json
+    import urllib.request
+
+    latencies = []
+    for turn in range(requests + 1):
+        body = json.dumps({"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "messages": [
+            {"role": "user", "content": PROMPTS[turn % len(PROMPTS)]}]}).encode()
+        request = urllib.request.Request(f"{base_url}/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        started = time.perf_counter()
+        with urllib.request.urlopen(request, timeout=600) as response:
+            json.loads(response.read())
+        if turn:  # the first request warms up
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
@@ -108,8 +129,8 @@ def main() -> None:
                          "requests_per_s": len(latencies) / wall, "tokens_per_s": tokens / wall,
                          "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99)})
     unbatched_url = f"http://127.0.0.1:{port}/unbatched/v1"
-    served_one_token, _, _ = asyncio.run(load(unbatched_url, 1, args.overhead_requests, 1))
-    served_full, _, _ = asyncio.run(load(unbatched_url, 1, 5, args.max_tokens))
+    served_one_token = raw_latencies(unbatched_url, args.overhead_requests, 1)
+    served_full = raw_latencies(unbatched_url, 5, args.max_tokens)
     serve.shutdown()
     ray.shutdown()
 
