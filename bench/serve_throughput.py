@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import statistics
 import sys
 import time
@@ -30,17 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, write_results  # noqa: E402
 
 from sefl_ray.serve.app import build_app  # noqa: E402
+from sefl_ray.testing.ports import free_port  # noqa: E402
 
 MODEL = "embedded:smollm2-135m"
 REPLICA_CPUS = 1
 PROMPTS = ["Give feedback on: 2 + 2 = 5.", "Explain why the sky is blue.", "Correct: 'Paris is in Spain.'",
            "What is 7 x 8? The student said 54.", "Summarize photosynthesis.", "Is 0.5 bigger than 0.25?"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def load(base_url: str, concurrency: int, requests_per_client: int, max_tokens: int):

@@ -2,7 +2,6 @@
 real teacher/student conversations. Checks structure, never wording: a 135M model is a smoke test of the loop."""
 
 import json
-import socket
 
 import jsonschema
 import openai
@@ -12,14 +11,9 @@ from pydantic import BaseModel, Field
 from sefl_ray.config import load_config
 from sefl_ray.data.records import read_records
 from sefl_ray.synth.run import run_synth
+from sefl_ray.testing.ports import free_port
 
 MODEL = "embedded:smollm2-135m"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +22,7 @@ def embedded_url(ray_session, embedded_model_dir):
 
     from sefl_ray.serve.app import build_app
 
-    port = _free_port()
+    port = free_port()
     serve.shutdown()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(build_app({"model": MODEL, "max_batch_size": 8, "batch_wait_timeout_s": 0.05, "num_cpus": 1,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -25,18 +24,10 @@ from sefl_ray.errors import ConfigError
 from sefl_ray.serve.app import ServeAppConfig, build_app, deployment_for, load_app_config
 from sefl_ray.serve.engine_api import GenerationRequest, GenerationResult, PromptTooLong
 from sefl_ray.serve.openai_api import ChatCompletionRequest, CompletionRequest, to_generation_request
+from sefl_ray.testing.ports import free_port
 
 
-
-def _free_port() -> int:
-    """Serve's proxy binds with SO_REUSEPORT, so a second Serve on this machine (another session's tests, a
-    `serve run`) would silently share 8000 and answer half our requests: the tests take a port of their own."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-PORT = int(os.environ.get("SEFL_RAY_TEST_SERVE_PORT") or _free_port())
+PORT = int(os.environ.get("SEFL_RAY_TEST_SERVE_PORT") or free_port())
 SERVER = f"http://127.0.0.1:{PORT}"
 BASE_URL = f"{SERVER}/v1"
 ECHO_URL = f"{SERVER}/echo/v1"
