@@ -264,8 +264,8 @@ class JudgeConfig(StrictModel):
     )
     temperature: float = Field(0.0, ge=0, le=2)
     max_new_tokens: int = Field(256, ge=1, description="Tokens per judge answer (1 is enough for 'sefl').")
-    concurrency: int = Field(32, ge=1, description="Judge calls in flight per actor.")
-    num_actors: int = Field(1, ge=1)
+    concurrency: int = Field(32, ge=1, description="Judge calls in flight across all actors.")
+    num_actors: int = Field(1, ge=1, description="Ray Data actors making judge calls (async, many per actor).")
     limit: int | None = Field(None, ge=1, description="Judge only the first N items.")
     n_bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the 95 % CIs (0: none).")
     human_ratings: list[str] = Field(
