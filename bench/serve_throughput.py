@@ -3,13 +3,15 @@
 Two apps serve the same embedded model on one local Ray, one batching (max_batch_size 32) and one not; clients
 send chat requests (greedy, fixed max_tokens) at concurrency 1, 8 and 32.
 
-Serve's overhead is what a request pays for going through Serve rather than calling the engine in-process: the p50
-of sequential one-token requests over plain HTTP through the unbatched app (HTTP, proxy, routing, the OpenAI layer,
-one prefill)
-minus the p50 of the same requests run by the same engine in this process, with as many torch threads as a
-replica gets (Ray sets OMP_NUM_THREADS to its num_cpus). One-token requests keep decoding time, which has nothing
-to do with Serve, from swamping the difference; the same comparison at --max-tokens is printed beside it.
-Usage: python bench/serve_throughput.py [--max-tokens 32] [--requests-per-client 2] [--overhead-requests 40]
+Serve's overhead is what a request pays for going through Serve rather than calling the engine in-process.
+Sequential one-token chat requests go over plain HTTP through the unbatched app (HTTP, proxy, routing, the OpenAI
+layer, one prefill); each is followed at once by the same request on the same engine loaded in this process, with
+as many torch threads as a replica gets (Ray sets OMP_NUM_THREADS to its num_cpus). `overhead_p50_ms` is the p50
+of the per-request differences; `p50_difference_ms`, the difference of the two p50s, is printed beside it. Pairs,
+not two phases minutes apart: this machine's speed drifts by several % between minutes, as much as the overhead.
+One-token requests keep decoding time, which has nothing to do with Serve, from swamping the difference; the same
+comparison at --max-tokens is printed beside it.
+Usage: python bench/serve_throughput.py [--max-tokens 32] [--requests-per-client 2] [--overhead-requests 60]
 """
 
 from __future__ import annotations
@@ -58,42 +60,44 @@ async def load(base_url: str, concurrency: int, requests_per_client: int, max_to
     return latencies, tokens, wall
 
 
-def raw_latencies(base_url: str, requests: int, max_tokens: int) -> list[float]:
-    """Sequential chat requests over plain HTTP (urllib): the overhead comparison should charge Serve, not the
-    `openai` client's own per-request work, which an in-process call does not pay either."""
+def served_latency(base_url: str, messages: list[dict[str, str]], max_tokens: int) -> float:
+    """One chat request over plain HTTP (urllib): the overhead comparison should charge Serve, not the `openai`
+    client's own per-request work, which an in-process call does not pay either."""
     import json
     import urllib.request
 
-    latencies = []
-    for turn in range(requests + 1):
-        body = json.dumps({"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "messages": [
-            {"role": "user", "content": PROMPTS[turn % len(PROMPTS)]}]}).encode()
-        request = urllib.request.Request(f"{base_url}/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
+    body = json.dumps({"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "messages": messages}).encode()
+    request = urllib.request.Request(f"{base_url}/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=600) as response:
+        json.loads(response.read())
+    return time.perf_counter() - started
+
+
+def paired_overhead(engine, base_url: str, requests: int, max_tokens: int) -> dict:
+    """Each request twice in a row: through Serve, then on the in-process engine. Pairs share the machine's
+    conditions of the moment (its speed drifts by several % from minute to minute, as much as the overhead itself),
+    so the per-request difference is Serve's cost and not the drift."""
+    from sefl_ray.serve.engine_api import GenerationRequest
+
+    served, direct = [], []
+    for turn in range(requests + 2):  # the first two pairs warm up
+        messages = [{"role": "user", "content": PROMPTS[turn % len(PROMPTS)]}]
+        served_s = served_latency(base_url, messages, max_tokens)
         started = time.perf_counter()
-        with urllib.request.urlopen(request, timeout=600) as response:
-            json.loads(response.read())
-        if turn:  # the first request warms up
-            latencies.append(time.perf_counter() - started)
-    return latencies
+        engine.generate([GenerationRequest(messages=messages, max_tokens=max_tokens, temperature=0)])
+        if turn >= 2:
+            served.append(served_s)
+            direct.append(time.perf_counter() - started)
+    return {"max_tokens": max_tokens, "requests": requests, "serve_p50_ms": statistics.median(served) * 1e3,
+            "in_process_p50_ms": statistics.median(direct) * 1e3,
+            "p50_difference_ms": (statistics.median(served) - statistics.median(direct)) * 1e3,
+            "overhead_p50_ms": statistics.median(a - b for a, b in zip(served, direct)) * 1e3}
 
 
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
-
-
-def direct_p50(engine, max_tokens: int, repeats: int) -> float:
-    from sefl_ray.serve.engine_api import GenerationRequest
-
-    latencies = []
-    for turn in range(repeats + 1):
-        request = GenerationRequest(messages=[{"role": "user", "content": PROMPTS[turn % len(PROMPTS)]}],
-                                    max_tokens=max_tokens, temperature=0)
-        started = time.perf_counter()
-        engine.generate([request])
-        if turn:  # the first call warms up
-            latencies.append(time.perf_counter() - started)
-    return statistics.median(latencies)
 
 
 def main() -> None:
@@ -102,7 +106,7 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--overhead-requests", type=int, default=40)
+    parser.add_argument("--overhead-requests", type=int, default=60)
     args = parser.parse_args()
 
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
@@ -122,36 +126,29 @@ def main() -> None:
             rows.append({"clients": concurrency, "batching": name == "batched", "requests": len(latencies),
                          "requests_per_s": len(latencies) / wall, "tokens_per_s": tokens / wall,
                          "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99)})
-    unbatched_url = f"http://127.0.0.1:{port}/unbatched/v1"
-    served_one_token = raw_latencies(unbatched_url, args.overhead_requests, 1)
-    served_full = raw_latencies(unbatched_url, 5, args.max_tokens)
-    serve.shutdown()
-    ray.shutdown()
-
     by_key = {(r["clients"], r["batching"]): r for r in rows}
     for row in rows:
         if row["batching"]:
             row["speedup_from_batching"] = row["requests_per_s"] / by_key[(row["clients"], False)]["requests_per_s"]
+
     import torch
 
     from sefl_ray.serve.engine import TransformersEngine
 
-    torch.set_num_threads(REPLICA_CPUS)  # as in a replica: Ray sets OMP_NUM_THREADS to the replica's num_cpus
+    # The in-process engine runs here, beside the (idle) replica, with as many torch threads as the replica gets:
+    # Ray sets OMP_NUM_THREADS to its num_cpus.
+    torch.set_num_threads(REPLICA_CPUS)
     engine = TransformersEngine(MODEL)
-    direct_one_token = direct_p50(engine, 1, repeats=args.overhead_requests)
-    direct_full = direct_p50(engine, args.max_tokens, repeats=5)
-    overhead = [
-        {"max_tokens": 1, "requests": len(served_one_token), "serve_p50_ms": statistics.median(served_one_token) * 1e3,
-         "in_process_p50_ms": direct_one_token * 1e3},
-        {"max_tokens": args.max_tokens, "requests": len(served_full),
-         "serve_p50_ms": statistics.median(served_full) * 1e3, "in_process_p50_ms": direct_full * 1e3},
-    ]
-    for row in overhead:
-        row["overhead_p50_ms"] = row["serve_p50_ms"] - row["in_process_p50_ms"]
+    unbatched_url = f"http://127.0.0.1:{port}/unbatched/v1"
+    overhead = [paired_overhead(engine, unbatched_url, args.overhead_requests, 1),
+                paired_overhead(engine, unbatched_url, 5, args.max_tokens)]
+    serve.shutdown()
+    ray.shutdown()
 
     print_table(rows, ["clients", "batching", "requests", "requests_per_s", "tokens_per_s", "p50_s", "p99_s",
                        "speedup_from_batching"])
-    print_table(overhead, ["max_tokens", "requests", "serve_p50_ms", "in_process_p50_ms", "overhead_p50_ms"])
+    print_table(overhead, ["max_tokens", "requests", "serve_p50_ms", "in_process_p50_ms", "p50_difference_ms",
+                           "overhead_p50_ms"])
     path = write_results("serve_throughput", rows, max_tokens=args.max_tokens, max_batch_size=args.max_batch_size,
                          overhead=overhead, serve_overhead_p50_ms=overhead[0]["overhead_p50_ms"],
                          goals={"batching_speedup_at_8plus": ">= 3x", "serve_overhead_p50_ms": "<= 10"})

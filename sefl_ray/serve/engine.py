@@ -51,7 +51,7 @@ class TransformersEngine:
     # -- the Engine protocol --------------------------------------------------------------------------------
 
     def check(self, request: GenerationRequest) -> int:
-        prompt_ids = self._encode(request)
+        prompt_ids = request.prompt_ids = self._encode(request)
         if len(prompt_ids) + request.max_tokens > self.max_model_len:
             raise PromptTooLong(
                 f"prompt of {len(prompt_ids)} tokens plus max_tokens {request.max_tokens} exceeds the model's "
@@ -113,6 +113,8 @@ class TransformersEngine:
             self.model.set_adapter(adapter)
 
     def _encode(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_ids is not None:
+            return request.prompt_ids
         if request.messages is not None:
             text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -20,6 +20,7 @@ class GenerationRequest:
     json_schema: dict[str, Any] | None = None  # response_format json_schema: decoding is constrained to it
     json_object: bool = False  # response_format json_object: any JSON object
     adapter: str | None = None  # a LoRA adapter loaded with engine.load_adapter; None: the base model
+    prompt_ids: list[int] | None = None  # set by the engine's `check`, so a request is tokenized once
 
 
 @dataclass
