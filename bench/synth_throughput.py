@@ -11,10 +11,14 @@ runs, and `actor_cpu_ms_per_conv` the part spent in the ConversationWorker actor
 never beat cores / that. `cores_used` is that tree's CPU time over the wall time: near the core count, the level
 is CPU-bound (other users of the machine lower the ceiling: the load average is printed and saved).
 
+The main sweep's latency, 2 s a call, is that of a real model writing one of these turns (a few hundred tokens at
+100-200 tokens/s from a hosted API or a vLLM server); each level runs whole waves of C for about a minute. A stress
+sweep at 0.1 s a call shows where this machine's CPU becomes the limit: every call costs the `openai` client, the
+agents and the server a few ms of CPU, so 2 cores cannot keep hundreds of 0.1 s calls in flight at any C.
+
 SEFL's loop (one conversation after another in a plain asyncio loop calling `run_conversation`, no Ray) runs
-against the same server. A control sweep at a longer latency shows the pipeline where the CPU is not the limit.
-Driver memory: the peak RSS (VmHWM) of a fresh driver process per row count, each its own subprocess of this
-script. Usage: python bench/synth_throughput.py [--latency-s 0.1] [--concurrency 1 8 32 128 256]
+against the same server. Driver memory: the peak RSS (VmHWM) of a fresh driver process per row count, each its own
+subprocess of this script. Usage: python bench/synth_throughput.py [--latency-s 2] [--concurrency 1 8 32 128 256]
 """
 
 from __future__ import annotations
@@ -70,9 +74,12 @@ def knobs_for(concurrency: int, max_actors: int) -> tuple[int, int]:
 
 
 def rows_for(concurrency: int, latency_s: float, target_s: float, max_rows: int) -> int:
-    """Enough rows for `target_s` at the ideal rate and for 3 waves of C, capped (high C is far from ideal here)."""
-    ideal = concurrency / (CALLS_PER_CONVERSATION * latency_s) if latency_s > 0 else 1000.0
-    return int(min(max_rows, max(3 * concurrency, round(ideal * target_s))))
+    """Whole waves of C conversations (at fixed latency they finish together, so a last partial wave would take a
+    full wave's time: rows / (C / wave time) would undercount the ideal), enough for about `target_s` at the ideal
+    rate and at least 3 waves, capped at `max_rows` rounded down to whole waves."""
+    wave_s = CALLS_PER_CONVERSATION * latency_s
+    waves = max(3, round(target_s / wave_s)) if wave_s > 0 else 3
+    return concurrency * max(3, min(waves, max_rows // concurrency))
 
 
 class TreeCpu:
@@ -152,7 +159,8 @@ def run_level(base_url: str, concurrency: int, rows: int, num_actors: int, batch
     }
 
 
-def sweep(latency_s: float, concurrencies: list[int], args, sequential_rows: int) -> tuple[list[dict], dict]:
+def sweep(latency_s: float, concurrencies: list[int], args, sequential_rows: int,
+          target_s: float) -> tuple[list[dict], dict]:
     """SEFL's loop, then run_synth at each concurrency, against one loopback server at `latency_s`."""
     server, base_url = start_loopback_process(LoopbackConfig(latency_s=latency_s), replies="schema")
     rows_out = []
@@ -162,7 +170,7 @@ def sweep(latency_s: float, concurrencies: list[int], args, sequential_rows: int
         print(f"latency {latency_s} s, sequential loop: {sequential['conv_per_s']:.2f} conv/s", flush=True)
         for concurrency in concurrencies:
             num_actors, batch_size = knobs_for(concurrency, args.max_actors)
-            rows = rows_for(concurrency, latency_s, args.target_s, args.max_rows)
+            rows = rows_for(concurrency, latency_s, target_s, args.max_rows)
             ideal = concurrency / (CALLS_PER_CONVERSATION * latency_s)
             result = run_level(base_url, concurrency, rows, num_actors, batch_size, args.num_cpus)
             rows_out.append({
@@ -185,10 +193,13 @@ async def sequential_loop(base_url: str, rows: int) -> dict:
     from sefl_ray.llm.client import EndpointClient
     from sefl_ray.synth.conversation import ConversationPlan, ConversationSettings, run_conversation
     from sefl_ray.synth.run import plan_conversations, synth_fingerprint
+    from sefl_ray.synth.sources import load_sources
 
     config = synth_config(base_url, tempfile.gettempdir(), rows + 1, 1, 1, 1, 1)
     fingerprint = synth_fingerprint(config)
-    plans = [ConversationPlan(**plan) for plan in plan_conversations(config, fingerprint)]
+    texts = {source["source_id"]: source["source_text"] for source in load_sources(config.synth.sources)}
+    plans = [ConversationPlan(source_text=texts[plan["source_id"]], **plan)
+             for plan in plan_conversations(config, fingerprint)]
     client = EndpointClient(config.endpoint("loop"), config.retry)
     settings = ConversationSettings(config_fingerprint=fingerprint, max_new_tokens=config.synth.max_new_tokens)
     try:
@@ -272,14 +283,15 @@ def _sequential_rows(latency_s: float, requested: int) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--latency-s", type=float, default=0.1)
+    parser.add_argument("--latency-s", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128, 256])
-    parser.add_argument("--target-s", type=float, default=8.0, help="rows per level: ideal rate x this, capped")
-    parser.add_argument("--max-rows", type=int, default=1500, help="cap on rows per concurrency level")
+    parser.add_argument("--target-s", type=float, default=60.0, help="rows per level: ideal rate x this, capped")
+    parser.add_argument("--max-rows", type=int, default=3000, help="cap on rows per concurrency level")
     parser.add_argument("--max-actors", type=int, default=2, help="ConversationWorker actors (one per core)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
     parser.add_argument("--sequential-rows", type=int, default=20)
-    parser.add_argument("--control-latency-s", type=float, default=2.0, help="0: no control sweep")
+    parser.add_argument("--control-latency-s", type=float, default=0.1, help="0: no control (stress) sweep")
+    parser.add_argument("--control-target-s", type=float, default=8.0)
     parser.add_argument("--control-concurrency", type=int, nargs="*", default=[32, 128, 256])
     parser.add_argument("--memory-rows", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--memory-concurrency", type=int, default=256)
@@ -300,11 +312,12 @@ def main() -> None:
              logging_level=logging.WARNING)
     _no_progress_bars()
     rows_out, sequential = sweep(args.latency_s, args.concurrency, args,
-                                 _sequential_rows(args.latency_s, args.sequential_rows))
+                                 _sequential_rows(args.latency_s, args.sequential_rows), args.target_s)
     control_rows, control_sequential = [], None
     if args.control_latency_s and args.control_concurrency:
         control_rows, control_sequential = sweep(args.control_latency_s, args.control_concurrency, args,
-                                                 _sequential_rows(args.control_latency_s, args.sequential_rows))
+                                                 _sequential_rows(args.control_latency_s, args.sequential_rows),
+                                                 args.control_target_s)
     ray.shutdown()
 
     memory = []

@@ -17,6 +17,7 @@ from sefl_ray.data.sft import to_chat_messages
 from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.train.data import (
     IGNORE_INDEX,
+    PACKED_WIDTH_MULTIPLE,
     count_rows,
     load_sft_examples,
     micro_batches,
@@ -123,6 +124,10 @@ def test_packing_keeps_examples_whole_and_ranks_disjoint(sft_dataset, tiny_token
     examples = {tuple(e.input_ids) for e in data.train}
     assert set(starts) <= examples and len(starts) == len(set(starts))  # whole examples, none seen twice
     assert count_rows(data.train, max_seq_len=256, packing=True) <= len(data.train) // 2
+    for batch in rank0 + rank1:  # rows stop after their fullest row's tokens, rounded up to the width multiple
+        width = batch["input_ids"].shape[1]
+        assert width <= 256 and (width % PACKED_WIDTH_MULTIPLE == 0 or width == 256)
+        assert width - int(batch["real_tokens"].max()) < PACKED_WIDTH_MULTIPLE
 
 
 def test_packed_rows_attend_only_within_each_example(tiny_model_dir, tiny_tokenizer):

@@ -50,7 +50,8 @@ def run_synth(config: SeflConfig) -> Path:
     save_resolved_config(config, out_dir)
     fingerprint = synth_fingerprint(config)
 
-    plans = plan_conversations(config, fingerprint)
+    sources = load_sources(synth.sources)
+    plans = plan_conversations(config, fingerprint, sources)
     done = read_records(records_dir, columns=[])
     ok_ids = {row_id for row_id, status in zip(done["id"].to_pylist(), done["status"].to_pylist()) if status == "ok"}
     failed_ids = set(done["id"].to_pylist()) - ok_ids
@@ -65,8 +66,10 @@ def run_synth(config: SeflConfig) -> Path:
         limits = {e.name: Limit(e.rpm, e.tpm) for e in role_endpoints if e.rpm or e.tpm}
         limiter = create_shared_rate_limiter(limits) if limits else None
         budget = BudgetActor.remote(synth.budget_usd, synth.budget_tokens)
+        needed = {plan["source_id"] for plan in todo}
+        texts = ray.put({s["source_id"]: s["source_text"] for s in sources if s["source_id"] in needed})
         try:
-            _write_records(config, todo, records_dir, fingerprint, limiter, budget)
+            _write_records(config, todo, records_dir, fingerprint, limiter, budget, texts)
             skipped = ray.get(budget.skipped.remote())
         finally:  # the run's helper actors end with it, also in a long-lived Ray session
             for actor in (budget, limiter):
@@ -91,25 +94,30 @@ def synth_fingerprint(config: SeflConfig) -> str:
     })
 
 
-def plan_conversations(config: SeflConfig, fingerprint: str) -> list[dict[str, Any]]:
-    """Every conversation this config asks for, each with its mistakes and seed fixed by its id."""
+def plan_conversations(
+    config: SeflConfig, fingerprint: str, sources: list[dict[str, str]] | None = None
+) -> list[dict[str, Any]]:
+    """Every conversation this config asks for, each with its mistakes and seed fixed by its id.
+
+    A plan names its passage by `source_id` only: the texts travel once, in a table every actor reads, so the
+    driver's memory does not grow with samples per passage."""
     synth = config.synth
     plans = []
-    for source in load_sources(synth.sources):
+    for source in sources if sources is not None else load_sources(synth.sources):
         for sample_index in range(synth.samples_per_source):
             row_id = record_id(source["source_id"], sample_index, fingerprint)
             rng = random.Random(f"{config.seed}:{row_id}")
             count = rng.randint(synth.min_mistakes, synth.max_mistakes)
             kinds = (rng.sample(synth.mistake_kinds, count) if count <= len(synth.mistake_kinds)
                      else rng.choices(synth.mistake_kinds, k=count))
-            plans.append({"id": row_id, **source, "sample_index": sample_index, "mistake_kinds": kinds,
-                          "seed": rng.randrange(2**31)})
+            plans.append({"id": row_id, "source_id": source["source_id"], "sample_index": sample_index,
+                          "mistake_kinds": kinds, "seed": rng.randrange(2**31)})
             if synth.num_conversations and len(plans) >= synth.num_conversations:
                 return plans
     return plans
 
 
-def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, budget) -> None:
+def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, budget, texts) -> None:
     synth = config.synth
     calls_per_actor = max(1, math.ceil(synth.concurrency / (synth.num_actors * synth.batch_size)))
     per_actor = calls_per_actor * synth.batch_size
@@ -124,7 +132,7 @@ def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, b
     records = dataset.map_batches(
         ConversationWorker,
         fn_constructor_kwargs={"config_json": config.model_dump_json(), "fingerprint": fingerprint,
-                               "limiter": limiter, "budget": budget},
+                               "limiter": limiter, "budget": budget, "texts": [texts]},
         batch_size=synth.batch_size,
         batch_format="pyarrow",
         # a second block waits at each actor, so a finished one is replaced at once rather than on the
@@ -142,8 +150,9 @@ def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, b
 class ConversationWorker:
     """A Ray Data actor: runs each batch's conversations concurrently on its own event loop."""
 
-    def __init__(self, config_json: str, fingerprint: str, limiter, budget):
+    def __init__(self, config_json: str, fingerprint: str, limiter, budget, texts: list):
         self.config = SeflConfig.model_validate_json(config_json)
+        self.texts: dict[str, str] = ray.get(texts[0])  # in a list: Ray resolves only top-level references
         self.fingerprint = fingerprint
         self.limiter, self.budget = limiter, budget
         self._clients = None
@@ -153,7 +162,7 @@ class ConversationWorker:
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from sefl_ray.synth.conversation import ConversationPlan
 
-        plans = [ConversationPlan(**row) for row in batch.to_pylist()]
+        plans = [ConversationPlan(source_text=self.texts[row["source_id"]], **row) for row in batch.to_pylist()]
         results = await asyncio.gather(*(self._one(plan, *self._clients_for(plan)) for plan in plans))
         return pa.Table.from_pylist([r for r in results if r is not None], schema=RECORD_SCHEMA)
 

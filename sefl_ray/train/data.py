@@ -28,6 +28,7 @@ from sefl_ray.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+PACKED_WIDTH_MULTIPLE = 64  # packed rows are cut to a multiple of this: few distinct shapes, GPU-friendly sizes
 VALID_SPLIT_NAMES = ("valid", "validation", "test")
 
 # For base models without a chat template: ChatML, the format most instruct models and our tiny test model use.
@@ -205,10 +206,14 @@ def _collate_padded(batch: list[list[SftExample]], pad_token_id: int, max_seq_le
 
 
 def _collate_packed(batch: list[list[SftExample]], pad_token_id: int, max_seq_len: int) -> dict[str, torch.Tensor]:
-    """Rows of `max_seq_len` tokens; the unused tail is one more 'example' of pad tokens without loss."""
-    input_ids = torch.full((len(batch), max_seq_len), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(batch), max_seq_len), IGNORE_INDEX, dtype=torch.long)
-    position_ids = torch.zeros((len(batch), max_seq_len), dtype=torch.long)
+    """Rows of packed examples, as wide as the fullest row rounded up to PACKED_WIDTH_MULTIPLE (never more than
+    `max_seq_len`): a pad tail is computed like real tokens, so it is kept short. The tail is one more 'example'
+    of pad tokens without loss."""
+    used = max(sum(len(example.input_ids) for example in row) for row in batch)
+    width = min(max_seq_len, -(-used // PACKED_WIDTH_MULTIPLE) * PACKED_WIDTH_MULTIPLE)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(batch), width), dtype=torch.long)
     real_tokens = torch.zeros((len(batch),), dtype=torch.long)
     for i, row in enumerate(batch):
         offset = 0
@@ -218,7 +223,7 @@ def _collate_packed(batch: list[list[SftExample]], pad_token_id: int, max_seq_le
             labels[i, offset: offset + n] = torch.tensor(example.labels)
             position_ids[i, offset: offset + n] = torch.arange(n)
             offset += n
-        position_ids[i, offset:] = torch.arange(max_seq_len - offset)
+        position_ids[i, offset:] = torch.arange(width - offset)
         real_tokens[i] = offset
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "real_tokens": real_tokens}
 
