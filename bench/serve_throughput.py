@@ -1,7 +1,8 @@
 """Requests/s and p50/p99 latency of the Serve app with dynamic batching on and off, and Serve's overhead.
 
 Two apps serve the same embedded model on one local Ray, one batching (max_batch_size 32) and one not; clients
-send chat requests (greedy, fixed max_tokens) at concurrency 1, 8 and 32.
+send chat requests (greedy, fixed max_tokens) at concurrency 1, 8 and 32. A soak then runs 64 clients for 30 s
+against the batching app, one request in ten a bad one, and counts 5xx answers (there must be none).
 
 Serve's overhead is what a request pays for going through Serve rather than calling the engine in-process.
 Sequential one-token chat requests go over plain HTTP through the unbatched app (HTTP, proxy, routing, the OpenAI
@@ -96,6 +97,25 @@ def paired_overhead(engine, base_url: str, requests: int, max_tokens: int) -> di
             "overhead_p50_ms": statistics.median(a - b for a, b in zip(served, direct)) * 1e3}
 
 
+async def soak(base_url: str, clients: int, seconds: float, max_tokens: int) -> dict:
+    """`clients` loops for `seconds`, one request in ten a bad one (unknown model): every answer must be a 200 or
+    a 4xx, never a 5xx."""
+    from sefl_ray.testing.load import post_in_loops
+
+    def body_for(index: int, turn: int) -> dict:
+        bad = (index + turn) % 10 == 0
+        return {"model": "no-such-model" if bad else MODEL, "max_tokens": max_tokens, "temperature": 0,
+                "messages": [{"role": "user", "content": PROMPTS[(index + turn) % len(PROMPTS)]}]}
+
+    started = time.perf_counter()
+    statuses, latencies = await post_in_loops(f"{base_url}/chat/completions", clients, seconds, body_for)
+    wall = time.perf_counter() - started
+    return {"clients": clients, "seconds": wall, "requests": len(statuses), "ok_200": statuses.count(200),
+            "client_4xx": sum(400 <= s < 500 for s in statuses), "server_5xx": sum(s >= 500 for s in statuses),
+            "requests_per_s": len(statuses) / wall, "p50_s": percentile(latencies, 50),
+            "p99_s": percentile(latencies, 99)}
+
+
 def percentile(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
@@ -107,6 +127,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--overhead-requests", type=int, default=60)
+    parser.add_argument("--soak-clients", type=int, default=64)
+    parser.add_argument("--soak-s", type=float, default=30.0)
+    parser.add_argument("--soak-max-tokens", type=int, default=8)
     args = parser.parse_args()
 
     ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR")
@@ -126,6 +149,8 @@ def main() -> None:
             rows.append({"clients": concurrency, "batching": name == "batched", "requests": len(latencies),
                          "requests_per_s": len(latencies) / wall, "tokens_per_s": tokens / wall,
                          "p50_s": percentile(latencies, 50), "p99_s": percentile(latencies, 99)})
+    soak_row = asyncio.run(soak(f"http://127.0.0.1:{port}/batched/v1", args.soak_clients, args.soak_s,
+                                args.soak_max_tokens))
     by_key = {(r["clients"], r["batching"]): r for r in rows}
     for row in rows:
         if row["batching"]:
@@ -149,8 +174,12 @@ def main() -> None:
                        "speedup_from_batching"])
     print_table(overhead, ["max_tokens", "requests", "serve_p50_ms", "in_process_p50_ms", "p50_difference_ms",
                            "overhead_p50_ms"])
+    print(f"soak: {args.soak_clients} clients for {args.soak_s:.0f} s on the batched app "
+          f"(max_tokens {args.soak_max_tokens}, one request in ten for an unknown model)")
+    print_table([soak_row], ["clients", "seconds", "requests", "ok_200", "client_4xx", "server_5xx",
+                             "requests_per_s", "p50_s", "p99_s"])
     path = write_results("serve_throughput", rows, max_tokens=args.max_tokens, max_batch_size=args.max_batch_size,
-                         overhead=overhead, serve_overhead_p50_ms=overhead[0]["overhead_p50_ms"],
+                         overhead=overhead, soak=soak_row, serve_overhead_p50_ms=overhead[0]["overhead_p50_ms"],
                          goals={"batching_speedup_at_8plus": ">= 3x", "serve_overhead_p50_ms": "<= 10"})
     print(f"wrote {path}")
 

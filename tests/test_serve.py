@@ -498,33 +498,13 @@ def test_request_mapping():
 def test_64_clients_for_30_seconds_get_no_5xx(serve_apps):
     """Load with good and bad requests mixed in: every answer is 200 or a 4xx, never a 5xx; p50/p99 reported."""
     import statistics
-    import time
 
-    import aiohttp
+    from sefl_ray.testing.load import post_in_loops
 
     good = {"model": "tiny", "messages": [{"role": "user", "content": "Give feedback."}], "max_tokens": 4}
     bad = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
-
-    async def scenario():
-        latencies, statuses = [], []
-        deadline = time.monotonic() + 30
-
-        async def client_loop(index: int):
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
-                turn = 0
-                while time.monotonic() < deadline:
-                    body = bad if (index + turn) % 10 == 0 else good
-                    started = time.monotonic()
-                    async with http.post(f"{BASE_URL}/chat/completions", json=body) as response:
-                        await response.read()
-                        statuses.append(response.status)
-                    latencies.append(time.monotonic() - started)
-                    turn += 1
-
-        await asyncio.gather(*(client_loop(index) for index in range(64)))
-        return latencies, statuses
-
-    latencies, statuses = asyncio.run(scenario())
+    statuses, latencies = asyncio.run(post_in_loops(
+        f"{BASE_URL}/chat/completions", 64, 30, lambda index, turn: bad if (index + turn) % 10 == 0 else good))
     assert statuses and not [s for s in statuses if s >= 500]
     assert statuses.count(200) > 0 and statuses.count(404) > 0
     quantiles = statistics.quantiles(latencies, n=100)
