@@ -12,9 +12,10 @@ never beat cores / that. `cores_used` is that tree's CPU time over the wall time
 is CPU-bound (other users of the machine lower the ceiling: the load average is printed and saved).
 
 The main sweep's latency, 2 s a call, is that of a real model writing one of these turns (a few hundred tokens at
-100-200 tokens/s from a hosted API or a vLLM server); each level runs whole waves of C for about a minute. A stress
-sweep at 0.1 s a call shows where this machine's CPU becomes the limit: every call costs the `openai` client, the
-agents and the server a few ms of CPU, so 2 cores cannot keep hundreds of 0.1 s calls in flight at any C.
+100-200 tokens/s from a hosted API or a vLLM server); each level runs whole waves of C for about two minutes
+(start-up, about 3 s, is paid once per run, and real runs last hours). A stress sweep at 0.1 s a call shows where
+this machine's CPU becomes the limit: every call costs the `openai` client, the agents and the server a few ms of
+CPU, so 2 cores cannot keep hundreds of 0.1 s calls in flight at any C.
 
 SEFL's loop (one conversation after another in a plain asyncio loop calling `run_conversation`, no Ray) runs
 against the same server. Driver memory: the peak RSS (VmHWM) of a fresh driver process per row count, each its own
@@ -285,8 +286,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-s", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128, 256])
-    parser.add_argument("--target-s", type=float, default=60.0, help="rows per level: ideal rate x this, capped")
-    parser.add_argument("--max-rows", type=int, default=3000, help="cap on rows per concurrency level")
+    parser.add_argument("--target-s", type=float, default=120.0, help="rows per level: ideal rate x this, capped")
+    parser.add_argument("--max-rows", type=int, default=6000, help="cap on rows per concurrency level")
     parser.add_argument("--max-actors", type=int, default=2, help="ConversationWorker actors (one per core)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
     parser.add_argument("--sequential-rows", type=int, default=20)

@@ -3,7 +3,8 @@
 read plans -> async actors (many conversations in flight each) -> parquet, one file per block of conversations.
 Each row's id hashes (source id, sample index, config fingerprint), so a re-run plans the same rows, skips those
 already `ok`, and tries failed ones again. Answered calls are cached on disk, so work cut short by a kill is not
-paid for twice. A budget actor stops new conversations once the cost or token cap is reached.
+paid for twice. A budget actor (only when a cap is set) stops new conversations once the cost or token cap is
+reached.
 """
 
 from __future__ import annotations
@@ -65,12 +66,13 @@ def run_synth(config: SeflConfig) -> Path:
     if todo:
         limits = {e.name: Limit(e.rpm, e.tpm) for e in role_endpoints if e.rpm or e.tpm}
         limiter = create_shared_rate_limiter(limits) if limits else None
-        budget = BudgetActor.remote(synth.budget_usd, synth.budget_tokens)
+        capped = synth.budget_usd is not None or synth.budget_tokens is not None
+        budget = BudgetActor.remote(synth.budget_usd, synth.budget_tokens) if capped else None
         needed = {plan["source_id"] for plan in todo}
         texts = ray.put({s["source_id"]: s["source_text"] for s in sources if s["source_id"] in needed})
         try:
             _write_records(config, todo, records_dir, fingerprint, limiter, budget, texts)
-            skipped = ray.get(budget.skipped.remote())
+            skipped = ray.get(budget.skipped.remote()) if budget is not None else 0
         finally:  # the run's helper actors end with it, also in a long-lived Ray session
             for actor in (budget, limiter):
                 if actor is not None:
@@ -169,7 +171,7 @@ class ConversationWorker:
     async def _one(self, plan, teacher, student) -> dict[str, Any] | None:
         from sefl_ray.synth.conversation import ConversationSettings, run_conversation
 
-        if not await self.budget.try_start.remote():
+        if self.budget is not None and not await self.budget.try_start.remote():
             return None
         synth = self.config.synth
         settings = ConversationSettings(
@@ -180,7 +182,8 @@ class ConversationWorker:
         record = await run_conversation(plan, teacher, student, settings)
         tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in record["usage"])
         cost = sum(u["cost_usd"] or 0.0 for u in record["usage"])
-        await self.budget.charge.remote(tokens, cost)
+        if self.budget is not None:
+            await self.budget.charge.remote(tokens, cost)
         return record
 
     def _clients_for(self, plan):
@@ -226,25 +229,28 @@ BudgetActor = ray.remote(num_cpus=0)(_Budget)
 
 def summarize(records: pa.Table, plans: list[dict], elapsed_s: float, attempted: int, skipped: int) -> dict:
     planned_ids = {p["id"] for p in plans}
-    rows = [r for r in records.to_pylist() if r["id"] in planned_ids]
-    ok = sum(r["status"] == "ok" for r in rows)
+    ok = done = 0
     usage: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        for entry in row["usage"] or []:
-            key = f"{entry['role']}:{entry['model']}"
-            total = usage.setdefault(key, {"calls": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                           "cost_usd": 0.0})
-            for field in ("calls", "retries", "prompt_tokens", "completion_tokens"):
-                total[field] += entry[field]
-            total["cost_usd"] = None if entry["cost_usd"] is None or total["cost_usd"] is None else (
-                total["cost_usd"] + entry["cost_usd"])
     reasons: dict[str, int] = {}
-    for row in rows:
-        if row["status"] != "ok":
-            reason = (row["error"] or "unknown").split(":")[0]
-            reasons[reason] = reasons.get(reason, 0) + 1
+    for batch in records.to_batches(max_chunksize=2048):  # a slice at a time: the driver stays small
+        for row in batch.to_pylist():
+            if row["id"] not in planned_ids:
+                continue
+            done += 1
+            ok += row["status"] == "ok"
+            if row["status"] != "ok":
+                reason = (row["error"] or "unknown").split(":")[0]
+                reasons[reason] = reasons.get(reason, 0) + 1
+            for entry in row["usage"] or []:
+                key = f"{entry['role']}:{entry['model']}"
+                total = usage.setdefault(key, {"calls": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                               "cost_usd": 0.0})
+                for field in ("calls", "retries", "prompt_tokens", "completion_tokens"):
+                    total[field] += entry[field]
+                total["cost_usd"] = None if entry["cost_usd"] is None or total["cost_usd"] is None else (
+                    total["cost_usd"] + entry["cost_usd"])
     return {
-        "planned": len(plans), "ok": ok, "failed": len(rows) - ok, "missing": len(plans) - len(rows),
+        "planned": len(plans), "ok": ok, "failed": done - ok, "missing": len(plans) - done,
         "skipped_by_budget": skipped, "attempted_this_run": attempted, "elapsed_s": round(elapsed_s, 3),
         "conversations_per_s": round(attempted / elapsed_s, 3) if elapsed_s > 0 else None,
         "usage": usage, "failure_reasons": reasons,
