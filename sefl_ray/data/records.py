@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -65,25 +66,45 @@ def read_records(records_dir: str | Path, columns: list[str] | None = None) -> p
     """Every record under `records_dir`, one row per id (ok beats failed, then newest). Unreadable files, such
     as one cut short by a killed run, are skipped with a warning: their rows are simply done again on resume.
     `columns` reads only those (plus what de-duplication needs), which keeps a large run's summary cheap."""
-    records_dir = Path(records_dir)
-    schema = RECORD_SCHEMA
-    if columns is not None:
-        wanted = dict.fromkeys(["id", "status", "finished_at", *columns])
-        schema = pa.schema([RECORD_SCHEMA.field(name) for name in wanted])
-    tables = []
+    tables = list(iter_record_tables(records_dir, columns))
+    return pa.concat_tables(tables) if tables else _schema(columns).empty_table()
+
+
+def iter_record_tables(records_dir: str | Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The rows `read_records` returns, one file's worth at a time, so a caller that only aggregates (the synth
+    summary) never holds a whole large run in memory."""
+    paths, kept = _rows_to_keep(Path(records_dir))
+    schema = _schema(columns)
+    for index, path in enumerate(paths):
+        if index in kept:
+            yield pq.read_table(path, schema=schema, columns=schema.names).take(sorted(kept[index]))
+
+
+def _rows_to_keep(records_dir: Path) -> tuple[list[Path], dict[int, list[int]]]:
+    """(readable files, {file index: indices of its rows to keep}), reading only the columns that decide it."""
+    keys = _schema([])
+    paths: list[Path] = []
+    best: dict[str, tuple[tuple[bool, float], int, int]] = {}
     for path in sorted(records_dir.rglob("*.parquet")) if records_dir.exists() else []:
         try:
-            tables.append(pq.read_table(path, schema=schema, columns=schema.names))
+            table = pq.read_table(path, schema=keys, columns=keys.names)
         except Exception as exc:  # a truncated file from a killed writer: skip it, its rows are redone
             logger.warning("skipping unreadable records file %s: %s", path, exc)
-    if not tables:
-        return schema.empty_table()
-    table = pa.concat_tables(tables)
-    ids, statuses = table["id"].to_pylist(), table["status"].to_pylist()
-    finished = [t or 0.0 for t in table["finished_at"].to_pylist()]
-    best: dict[str, int] = {}
-    for index, row_id in enumerate(ids):
-        current = best.get(row_id)
-        if current is None or (statuses[index] == "ok", finished[index]) > (statuses[current] == "ok", finished[current]):
-            best[row_id] = index
-    return table.take(sorted(best.values()))
+            continue
+        paths.append(path)
+        rows = zip(table["id"].to_pylist(), table["status"].to_pylist(), table["finished_at"].to_pylist())
+        for row_index, (row_id, status, finished) in enumerate(rows):
+            rank = (status == "ok", finished or 0.0)
+            if row_id not in best or rank > best[row_id][0]:
+                best[row_id] = (rank, len(paths) - 1, row_index)
+    kept: dict[int, list[int]] = {}
+    for _, file_index, row_index in best.values():
+        kept.setdefault(file_index, []).append(row_index)
+    return paths, kept
+
+
+def _schema(columns: list[str] | None) -> pa.Schema:
+    if columns is None:
+        return RECORD_SCHEMA
+    wanted = dict.fromkeys(["id", "status", "finished_at", *columns])
+    return pa.schema([RECORD_SCHEMA.field(name) for name in wanted])

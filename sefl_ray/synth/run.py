@@ -16,6 +16,7 @@ import math
 import random
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import ray
 
 from sefl_ray.cluster import init_ray
 from sefl_ray.config import SeflConfig, config_fingerprint, log_resolved_config, save_resolved_config
-from sefl_ray.data.records import RECORD_SCHEMA, read_records, record_id
+from sefl_ray.data.records import RECORD_SCHEMA, iter_record_tables, read_records, record_id
 from sefl_ray.errors import ConfigError
 from sefl_ray.llm.endpoint import check_api_keys
 from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
@@ -79,7 +80,7 @@ def run_synth(config: SeflConfig) -> Path:
                     ray.kill(actor)
     elapsed = time.monotonic() - started
 
-    summary = summarize(read_records(records_dir, columns=["error", "usage"]), plans, elapsed, len(todo), skipped)
+    summary = summarize(iter_record_tables(records_dir, columns=["error", "usage"]), plans, elapsed, len(todo), skipped)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     logger.info("synth summary:\n%s", format_summary(summary))
     return records_dir
@@ -227,13 +228,13 @@ class _Budget:
 BudgetActor = ray.remote(num_cpus=0)(_Budget)
 
 
-def summarize(records: pa.Table, plans: list[dict], elapsed_s: float, attempted: int, skipped: int) -> dict:
+def summarize(records: Iterable[pa.Table], plans: list[dict], elapsed_s: float, attempted: int, skipped: int) -> dict:
     planned_ids = {p["id"] for p in plans}
     ok = done = 0
     usage: dict[str, dict[str, Any]] = {}
     reasons: dict[str, int] = {}
-    for batch in records.to_batches(max_chunksize=2048):  # a slice at a time: the driver stays small
-        for row in batch.to_pylist():
+    for table in records:  # a file at a time: the driver's memory does not grow with the run
+        for row in table.to_pylist():
             if row["id"] not in planned_ids:
                 continue
             done += 1
