@@ -5,7 +5,7 @@ send chat requests (greedy, fixed max_tokens) at concurrency 1, 8 and 32. A soak
 against the batching app, one request in ten a bad one, and counts 5xx answers (there must be none).
 
 Serve's overhead is what a request pays for going through Serve rather than calling the engine in-process.
-Sequential one-token chat requests go over plain HTTP through the unbatched app (HTTP, proxy, routing, the OpenAI
+Sequential one-token chat requests go over plain HTTP (one kept-alive connection) through the unbatched app (HTTP, proxy, routing, the OpenAI
 layer, one prefill); each is followed at once by the same request on the same engine loaded in this process, with
 as many torch threads as a replica gets (Ray sets OMP_NUM_THREADS to its num_cpus). `overhead_p50_ms` is the p50
 of the per-request differences; `p50_difference_ms`, the difference of the two p50s, is printed beside it. Pairs,
@@ -61,18 +61,19 @@ async def load(base_url: str, concurrency: int, requests_per_client: int, max_to
     return latencies, tokens, wall
 
 
-def served_latency(base_url: str, messages: list[dict[str, str]], max_tokens: int) -> float:
-    """One chat request over plain HTTP (urllib): the overhead comparison should charge Serve, not the `openai`
-    client's own per-request work, which an in-process call does not pay either."""
+def served_latency(connection, path: str, messages: list[dict[str, str]], max_tokens: int) -> float:
+    """One chat request over plain HTTP on a kept-alive connection, as any OpenAI client sends them: the overhead
+    comparison should charge Serve, not a client's own per-request work or a TCP handshake per request, which an
+    in-process call does not pay either."""
     import json
-    import urllib.request
 
-    body = json.dumps({"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "messages": messages}).encode()
-    request = urllib.request.Request(f"{base_url}/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
+    body = json.dumps({"model": MODEL, "max_tokens": max_tokens, "temperature": 0, "messages": messages})
     started = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=600) as response:
-        json.loads(response.read())
+    connection.request("POST", f"{path}/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    json.loads(response.read())
+    if response.status != 200:
+        raise RuntimeError(f"Serve answered {response.status}")
     return time.perf_counter() - started
 
 
@@ -80,17 +81,23 @@ def paired_overhead(engine, base_url: str, requests: int, max_tokens: int) -> di
     """Each request twice in a row: through Serve, then on the in-process engine. Pairs share the machine's
     conditions of the moment (its speed drifts by several % from minute to minute, as much as the overhead itself),
     so the per-request difference is Serve's cost and not the drift."""
+    import http.client
+    import urllib.parse
+
     from sefl_ray.serve.engine_api import GenerationRequest
 
+    url = urllib.parse.urlsplit(base_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
     served, direct = [], []
     for turn in range(requests + 2):  # the first two pairs warm up
         messages = [{"role": "user", "content": PROMPTS[turn % len(PROMPTS)]}]
-        served_s = served_latency(base_url, messages, max_tokens)
+        served_s = served_latency(connection, url.path, messages, max_tokens)
         started = time.perf_counter()
         engine.generate([GenerationRequest(messages=messages, max_tokens=max_tokens, temperature=0)])
         if turn >= 2:
             served.append(served_s)
             direct.append(time.perf_counter() - started)
+    connection.close()
     return {"max_tokens": max_tokens, "requests": requests, "serve_p50_ms": statistics.median(served) * 1e3,
             "in_process_p50_ms": statistics.median(direct) * 1e3,
             "p50_difference_ms": (statistics.median(served) - statistics.median(direct)) * 1e3,
