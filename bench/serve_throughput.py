@@ -6,12 +6,12 @@ against the batching app, one request in ten a bad one, and counts 5xx answers (
 
 Serve's overhead is what a request pays for going through Serve rather than calling the engine in-process.
 Sequential one-token chat requests go over plain HTTP (one kept-alive connection) through the unbatched app
-(HTTP, proxy, routing, the OpenAI layer, one prefill); each is followed at once by the same request on the same engine loaded in this process, with
-as many torch threads as a replica gets (Ray sets OMP_NUM_THREADS to its num_cpus). `overhead_p50_ms` is the p50
-of the per-request differences; `p50_difference_ms`, the difference of the two p50s, is printed beside it. Pairs,
-not two phases minutes apart: this machine's speed drifts by several % between minutes, as much as the overhead.
-One-token requests keep decoding time, which has nothing to do with Serve, from swamping the difference; the same
-comparison at --max-tokens is printed beside it.
+(HTTP, proxy, routing, the OpenAI layer, one prefill); each is followed at once by the same request on the same
+engine loaded in this process, with as many torch threads as a replica gets (Ray sets OMP_NUM_THREADS to its
+num_cpus). `overhead_p50_ms` is the p50 of the per-request differences; `p50_difference_ms`, the difference of
+the two p50s, is printed beside it. Pairs, not two phases minutes apart: this machine's speed drifts by several %
+between minutes, as much as the overhead. One-token requests keep decoding time, which has nothing to do with
+Serve, from swamping the difference; the same comparison at --max-tokens is printed beside it.
 Usage: python bench/serve_throughput.py [--max-tokens 32] [--requests-per-client 2] [--overhead-requests 60]
 """
 
