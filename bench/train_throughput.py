@@ -25,9 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, write_results  # noqa: E402
 
-from sefl_ray.config import load_config  # noqa: E402
+from sefl_ray.config import TrainConfig, load_config  # noqa: E402
 from sefl_ray.data.sft import to_chat_messages  # noqa: E402
 from sefl_ray.models import resolve_model  # noqa: E402
+from sefl_ray.train.loop import load_model  # noqa: E402
 from sefl_ray.train.data import IGNORE_INDEX, load_sft_examples, micro_batches, model_inputs, real_token_count  # noqa: E402
 
 WARMUP = 2
@@ -49,13 +50,11 @@ def mixed_length_rows(n: int, seed: int) -> list[dict]:
 
 
 def plain_loop(model_path: str, data, *, packing: bool, steps: int, threads: int, pad_token_id: int) -> dict:
-    """The reference: no Ray, no process group, the same batches and loss."""
-    from transformers import AutoModelForCausalLM
-
+    """The reference: no Ray, no process group, the same model (loaded as the workers load it, with the same
+    attention), batches and loss."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    model.config.use_cache = False
+    model = load_model(model_path, TrainConfig(packing=packing))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95))
     batches = micro_batches(data.train, batch_size=1 if packing else PADDED_BATCH, max_seq_len=SEQ_LEN,

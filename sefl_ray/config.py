@@ -209,6 +209,11 @@ class TrainConfig(StrictModel):
     packing: bool = Field(
         True, description="Pack short examples into full sequences; attention stays within each example."
     )
+    attn_implementation: str = Field(
+        "per_example_sdpa", description="Attention kernel in training: 'per_example_sdpa' runs causal sdpa on each "
+        "packed example alone (sefl_ray.train.attention); or any transformers name: 'sdpa' (block-diagonal mask), "
+        "'flash_attention_2', 'eager'."
+    )
     strategy: Literal["ddp", "fsdp2", "deepspeed"] = Field("ddp", description="How the model is spread over workers.")
     fsdp: FsdpSettings = Field(default_factory=FsdpSettings)
     deepspeed: DeepSpeedSettings = Field(default_factory=DeepSpeedSettings)

@@ -21,11 +21,13 @@ from sefl_ray.train.data import (
     count_rows,
     load_sft_examples,
     micro_batches,
+    model_inputs,
     row_to_messages,
     tokenize_messages,
 )
 from sefl_ray.train.flops import flops_per_token, peak_flops_for_name
-from sefl_ray.train.loop import PROBE_FILE
+from sefl_ray.train.attention import PER_EXAMPLE_SDPA
+from sefl_ray.train.loop import PROBE_FILE, load_model
 from sefl_ray.train.merge import MergeMismatchError, merge_checkpoint, merge_run
 from sefl_ray.train.strategies import deepspeed_config
 
@@ -130,21 +132,46 @@ def test_packing_keeps_examples_whole_and_ranks_disjoint(sft_dataset, tiny_token
         assert width - int(batch["real_tokens"].max()) < PACKED_WIDTH_MULTIPLE
 
 
-def test_packed_rows_attend_only_within_each_example(tiny_model_dir, tiny_tokenizer):
-    """Logits of two examples packed in one row equal their logits alone: no attention across examples."""
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+@pytest.mark.parametrize("attn_implementation", ["sdpa", PER_EXAMPLE_SDPA])
+def test_packed_and_padded_rows_give_each_example_its_logits_alone(tiny_model_dir, tiny_tokenizer, attn_implementation):
+    """Logits of two examples packed in one row, or padded in one batch, equal their logits alone: no attention across
+    examples (transformers' block-diagonal sdpa mask, or our per-example sdpa) and none to the padding."""
+    model = load_model(str(tiny_model_dir), TrainConfig(attn_implementation=attn_implementation)).eval()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     first, _ = tokenize_messages(to_chat_messages("Add 1 and 2.", "4", "No: 3.", system_prompt="Be brief."),
                                  tiny_tokenizer, 256)
     second, _ = tokenize_messages(to_chat_messages("Name a prime.", "9", "9 = 3 x 3.", system_prompt="Be kind."),
                                   tiny_tokenizer, 256)
-    batch = micro_batches([first, second], batch_size=1, max_seq_len=256, packing=True, shuffle=False,
-                          pad_token_id=tiny_tokenizer.pad_token_id, seed=0, epoch=0, rank=0, world_size=1)[0]
+    args = dict(max_seq_len=256, shuffle=False, pad_token_id=tiny_tokenizer.pad_token_id, seed=0, epoch=0, rank=0,
+                world_size=1)
+    packed_batch = micro_batches([first, second], batch_size=1, packing=True, **args)[0]
+    padded_batch = micro_batches([first, second], batch_size=2, packing=False, **args)[0]
+    assert packed_batch["input_ids"].shape[0] == 1 and padded_batch["input_ids"].shape[0] == 2
     with torch.no_grad():
-        packed = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
-        alone = [model(input_ids=torch.tensor([e.input_ids])).logits[0] for e in (first, second)]
-    n = len(first.input_ids)
+        packed = model(**model_inputs(packed_batch, torch.device("cpu"))).logits[0]
+        padded = model(**model_inputs(padded_batch, torch.device("cpu"))).logits
+        alone = [reference(input_ids=torch.tensor([e.input_ids])).logits[0] for e in (first, second)]
+    n, m = len(first.input_ids), len(second.input_ids)
     torch.testing.assert_close(packed[:n], alone[0], atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(packed[n: n + len(second.input_ids)], alone[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(packed[n: n + m], alone[1], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(padded[0, :n], alone[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(padded[1, :m], alone[1], atol=1e-5, rtol=1e-4)
+
+
+def test_packing_refuses_an_attention_that_lets_examples_mix(tiny_model_dir):
+    """An architecture whose attention never sees the position ids would silently attend across packed examples;
+    loading it for packed training fails with a clear error instead (here: an attention that drops them)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    def whole_row_causal(module, query, key, value, attention_mask, position_ids=None, **kwargs):
+        return sdpa_attention_forward(module, query, key, value, None, is_causal=True, **kwargs)
+
+    AttentionInterface.register("whole_row_causal", whole_row_causal)
+    with pytest.raises(ConfigError, match="attend to each other"):
+        load_model(str(tiny_model_dir), TrainConfig(attn_implementation="whole_row_causal"))
+    model = load_model(str(tiny_model_dir), TrainConfig(attn_implementation="whole_row_causal", packing=False))
+    assert model.config._attn_implementation == "whole_row_causal"
 
 
 # --- config pieces ----------------------------------------------------------------------------------------------

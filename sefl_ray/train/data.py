@@ -6,9 +6,10 @@ epoch, rank), so a restarted worker rebuilds exactly the batches it had and resu
 Two batch layouts:
 - padded: each micro-batch padded to its longest example, with an attention mask;
 - packed: examples laid end to end in rows of `max_seq_len` tokens with `position_ids` restarting at 0 for each
-  example and no attention mask. transformers (>= 4.56) reads restarting positions as packed sequences and builds a
-  block-diagonal causal mask (sdpa, eager; only without a KV cache, so training sets `use_cache=False`) or uses
-  variable-length kernels (flash-attention), so no token attends across examples.
+  example and no attention mask. Our default attention (`sefl_ray.train.attention`, `per_example_sdpa`) cuts the row
+  where the positions restart and attends within each piece; transformers' own kernels read restarting positions the
+  same way (a block-diagonal mask for sdpa and eager without a KV cache, so training sets `use_cache=False`;
+  variable-length kernels for flash-attention). Either way no token attends across examples.
 """
 
 from __future__ import annotations

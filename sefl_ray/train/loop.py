@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from sefl_ray.config import TrainConfig
 from sefl_ray.data.tables import read_jsonl
+from sefl_ray.train.attention import PER_EXAMPLE_SDPA, check_examples_stay_apart, register_per_example_sdpa
 from sefl_ray.train.data import IGNORE_INDEX, SftData, micro_batches, model_inputs, real_token_count
 from sefl_ray.train.flops import flops_per_token, mfu, peak_flops_per_device
 from sefl_ray.train.strategies import (
@@ -145,11 +146,17 @@ def evaluate(
 
 def load_model(model_path: str, train: TrainConfig) -> torch.nn.Module:
     """The base model in fp32 (the master weights; bf16 happens in autocast / FSDP's policy / DeepSpeed), with LoRA
-    adapters when configured."""
+    adapters when configured. With packing, it must first show that its attention keeps packed examples apart."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    if train.attn_implementation == PER_EXAMPLE_SDPA:
+        register_per_example_sdpa()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.float32, attn_implementation=train.attn_implementation
+    )
     model.config.use_cache = False
+    if train.packing:
+        check_examples_stay_apart(model)
     if train.lora.enabled:
         model = apply_lora(model, train)
     return model
