@@ -1,11 +1,13 @@
 """SFT tokens/s of the Ray Train loop (1 worker) against a plain single-process torch loop, and packing vs padding.
 
-Same model (the embedded SmolLM2-135M unless --model), same examples of mixed lengths (passages of the built-in
-corpus cut to log-uniform lengths), same batches (`sefl_ray.train.data.micro_batches`), same loss, optimizer and
-thread count (Ray gives a worker OMP_NUM_THREADS = its CPUs; the plain loop sets torch to as many threads).
+Same model loaded the same way (the embedded SmolLM2-135M unless --model; `sefl_ray.train.loop.load_model`, with the
+configured attention), same examples of mixed lengths (passages of the built-in corpus cut to log-uniform lengths),
+same batches (`sefl_ray.train.data.micro_batches`), same loss, optimizer and thread count (Ray gives a worker
+OMP_NUM_THREADS = its CPUs; the plain loop sets torch to as many threads).
 Tokens/s counts real tokens (no padding) over the steady-state steps (the first WARMUP steps are dropped); the
 fixed start-up cost of Ray Train (actors, process group, model load) is reported apart, as wall-clock seconds.
 Usage: python bench/train_throughput.py [--steps 16] [--threads 2] [--model embedded:smollm2-135m]
+                                        [--attn-implementation per_example_sdpa|sdpa]
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, write_results  # noqa: E402
 
-from sefl_ray.config import TrainConfig, load_config  # noqa: E402
+from sefl_ray.cluster import init_ray  # noqa: E402
+from sefl_ray.config import RayConfig, TrainConfig, load_config  # noqa: E402
 from sefl_ray.data.sft import to_chat_messages  # noqa: E402
 from sefl_ray.models import resolve_model  # noqa: E402
 from sefl_ray.train.loop import load_model  # noqa: E402
@@ -49,12 +52,13 @@ def mixed_length_rows(n: int, seed: int) -> list[dict]:
     return [{"messages": to_chat_messages(fragment(8, 40), fragment(10, 300), fragment(10, 300))} for _ in range(n)]
 
 
-def plain_loop(model_path: str, data, *, packing: bool, steps: int, threads: int, pad_token_id: int) -> dict:
+def plain_loop(model_path: str, data, *, packing: bool, steps: int, threads: int, pad_token_id: int,
+               attn_implementation: str) -> dict:
     """The reference: no Ray, no process group, the same model (loaded as the workers load it, with the same
     attention), batches and loss."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = load_model(model_path, TrainConfig(packing=packing))
+    model = load_model(model_path, TrainConfig(packing=packing, attn_implementation=attn_implementation))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.95))
     batches = micro_batches(data.train, batch_size=1 if packing else PADDED_BATCH, max_seq_len=SEQ_LEN,
@@ -81,7 +85,8 @@ def token_fill(data, packing: bool, steps: int, pad_token_id: int) -> float:
     return sum(real_token_count(b) for b in batches[:steps]) / sum(b["input_ids"].numel() for b in batches[:steps])
 
 
-def plain_loop_fresh(model_path: str, data_dir: Path, *, packing: bool, steps: int, threads: int) -> dict:
+def plain_loop_fresh(model_path: str, data_dir: Path, *, packing: bool, steps: int, threads: int,
+                     attn_implementation: str) -> dict:
     """`plain_loop` in a fresh interpreter, as a Ray Train worker is one: a process that has already run these
     shapes can run them faster (oneDNN's primitive cache, the allocator's pools), which would flatter the baseline."""
     import concurrent.futures
@@ -89,19 +94,22 @@ def plain_loop_fresh(model_path: str, data_dir: Path, *, packing: bool, steps: i
 
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(_plain_loop_child, model_path, str(data_dir), packing, steps, threads).result()
+        return pool.submit(_plain_loop_child, model_path, str(data_dir), packing, steps, threads,
+                           attn_implementation).result()
 
 
-def _plain_loop_child(model_path: str, data_dir: str, packing: bool, steps: int, threads: int) -> dict:
+def _plain_loop_child(model_path: str, data_dir: str, packing: bool, steps: int, threads: int,
+                      attn_implementation: str) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     data = load_sft_examples(Path(data_dir), tokenizer, max_seq_len=SEQ_LEN)
     return plain_loop(model_path, data, packing=packing, steps=steps, threads=threads,
-                      pad_token_id=tokenizer.pad_token_id)
+                      pad_token_id=tokenizer.pad_token_id, attn_implementation=attn_implementation)
 
 
-def ray_train_loop(run_dir: Path, model: str, dataset: Path, *, packing: bool, steps: int, threads: int) -> dict:
+def ray_train_loop(run_dir: Path, model: str, dataset: Path, *, packing: bool, steps: int, threads: int,
+                   attn_implementation: str) -> dict:
     from sefl_ray.train.run import run_train
 
     config = load_config(None, [
@@ -109,6 +117,7 @@ def ray_train_loop(run_dir: Path, model: str, dataset: Path, *, packing: bool, s
         f"train.batch_size={1 if packing else PADDED_BATCH}", f"train.max_seq_len={SEQ_LEN}",
         f"train.max_steps={steps}", f"train.cpus_per_worker={threads}", "train.num_workers=1", "train.lr=1e-5",
         "train.eval_at_start=false", "train.merge=false", "train.checkpoint_every_steps=100000", "train.warmup_ratio=0",
+        f"train.attn_implementation={attn_implementation}",
     ])
     started = time.perf_counter()
     run_train(config)
@@ -126,6 +135,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--examples", type=int, default=160)
+    parser.add_argument("--attn-implementation", default=TrainConfig().attn_implementation,
+                        help="train.attn_implementation for every loop, e.g. sdpa for transformers' masked rows")
     args = parser.parse_args()
 
     import ray
@@ -143,15 +154,13 @@ def main() -> None:
 
     # This machine's speed drifts by 10-20 % between minutes: the plain loop runs before and after the Ray Train
     # runs, each in a fresh process, and the baseline is their mean (both are in the table).
-    results = {"plain_torch_packed_before": plain_loop_fresh(model_path, work / "data", packing=True,
-                                                             steps=args.steps, threads=args.threads)}
-    ray.init(address="local", num_cpus=args.threads, include_dashboard=False, logging_level="ERROR")
+    loop_args = dict(steps=args.steps, threads=args.threads, attn_implementation=args.attn_implementation)
+    results = {"plain_torch_packed_before": plain_loop_fresh(model_path, work / "data", packing=True, **loop_args)}
+    init_ray(RayConfig(num_cpus=args.threads))  # the local Ray `sefl-ray train` starts
     for name, packing in (("ray_train_packed", True), ("ray_train_padded", False)):
-        results[name] = ray_train_loop(work / name, model_path, work / "data", packing=packing, steps=args.steps,
-                                       threads=args.threads)
+        results[name] = ray_train_loop(work / name, model_path, work / "data", packing=packing, **loop_args)
     ray.shutdown()
-    results["plain_torch_packed_after"] = plain_loop_fresh(model_path, work / "data", packing=True,
-                                                           steps=args.steps, threads=args.threads)
+    results["plain_torch_packed_after"] = plain_loop_fresh(model_path, work / "data", packing=True, **loop_args)
     baseline = (results["plain_torch_packed_before"]["tokens_per_s"]
                 + results["plain_torch_packed_after"]["tokens_per_s"]) / 2
     overhead = 1 - results["ray_train_packed"]["tokens_per_s"] / baseline
@@ -163,12 +172,12 @@ def main() -> None:
     print_table(table, ["loop", "tokens_per_s", "steps", "startup_s"])
     print(f"Ray Train overhead vs plain torch (mean of before/after): {overhead:.1%} (goal <= 10%)")
     print(f"packing vs padding (Ray Train): {packing_gain:.2f}x tokens/s (goal >= 1.5x); real tokens / computed "
-          f"tokens: packed {fill[True]:.2f}, padded {fill[False]:.2f}, so at equal speed per computed token "
-          f"packing could gain at most {fill[True] / fill[False]:.2f}x on this mix")
+          f"tokens: packed {fill[True]:.2f}, padded {fill[False]:.2f} ({fill[True] / fill[False]:.2f}x from fill alone); "
+          f"attention: {args.attn_implementation}")
     path = write_results("train_throughput", table, model=args.model, threads=args.threads, steps=args.steps,
                          seq_len=SEQ_LEN, padded_batch=PADDED_BATCH, ray_overhead=overhead,
                          packing_vs_padding=packing_gain, packed_fill=fill[True], padded_fill=fill[False],
-                         packing_gain_ceiling=fill[True] / fill[False],
+                         packing_gain_from_fill=fill[True] / fill[False], attn_implementation=args.attn_implementation,
                          gpu_mfu="not run: no GPU lent to this task")
     print(f"wrote {path}")
 

@@ -78,8 +78,9 @@ def test_endpoint_check_against_loopback(loopback, tmp_path):
     assert_one_line_error(result, "dead", "connection error")
 
 
-def test_synth_export_push_from_the_command_line(tmp_path):
-    """A user's path: synth against an endpoint, export the dataset, dry-run the push."""
+def test_synth_export_train_push_from_the_command_line(tmp_path, tiny_model_dir):
+    """A user's path: synth against an endpoint, export the dataset, train on it, dry-run the push; each stage
+    starts its own local Ray, and the console shows our progress, not Ray's complaints about a missing dashboard."""
     import datasets
 
     from sefl_ray.testing.loopback import LoopbackServer
@@ -100,6 +101,12 @@ def test_synth_export_push_from_the_command_line(tmp_path):
     dataset = datasets.load_from_disk(str(tmp_path / "run/export/hf"))
     assert sorted(dataset) == ["train", "valid"]
     assert sum(len(split) for split in dataset.values()) == 12
+    train = run_cli("train", str(config), "--set", f"train.model={tiny_model_dir}", "--set", "train.max_steps=3",
+                    "--set", "train.merge=false", env=env)
+    assert train.returncode == 0, train.stderr[-2000:]
+    steps = [line for line in (tmp_path / "run/train/metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert len(steps) == 3
+    assert "Failed to query" not in train.stderr and "State API" not in train.stderr, train.stderr[-2000:]
     push = run_cli("push", str(tmp_path / "run/export"), "--repo", "me/sefl-test", "--dry-run")
     assert push.returncode == 0, push.stderr
     assert "README.md" in push.stdout and "dry run" in push.stdout
