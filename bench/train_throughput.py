@@ -6,7 +6,7 @@ same batches (`sefl_ray.train.data.micro_batches`), same loss, optimizer and thr
 OMP_NUM_THREADS = its CPUs; the plain loop sets torch to as many threads).
 Tokens/s counts real tokens (no padding) over the steady-state steps (the first WARMUP steps are dropped); the
 fixed start-up cost of Ray Train (actors, process group, model load) is reported apart, as wall-clock seconds.
-Usage: python bench/train_throughput.py [--steps 16] [--threads 2] [--model embedded:smollm2-135m]
+Usage: python bench/train_throughput.py [--steps 16] [--threads 2] [--repeats 3] [--model embedded:smollm2-135m]
                                         [--attn-implementation per_example_sdpa|sdpa]
 """
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--examples", type=int, default=160)
+    parser.add_argument("--repeats", type=int, default=3, help="Ray Train runs of each layout, between plain runs")
     parser.add_argument("--attn-implementation", default=TrainConfig().attn_implementation,
                         help="train.attn_implementation for every loop, e.g. sdpa for transformers' masked rows")
     args = parser.parse_args()
@@ -152,31 +154,38 @@ def main() -> None:
     lengths = sorted(len(e.input_ids) for e in data.train)
     fill = {packing: token_fill(data, packing, args.steps, tokenizer.pad_token_id) for packing in (True, False)}
 
-    # This machine's speed drifts by 10-20 % between minutes: the plain loop runs before and after the Ray Train
-    # runs, each in a fresh process, and the baseline is their mean (both are in the table).
+    # This machine's speed drifts by 10-20 % between minutes: each repeat brackets its Ray Train runs between two
+    # plain runs (fresh processes; a repeat's "after" is the next one's "before") and the goals are judged on the
+    # median over repeats of the per-repeat ratios. Ray is shut down while the plain loop runs.
     loop_args = dict(steps=args.steps, threads=args.threads, attn_implementation=args.attn_implementation)
-    results = {"plain_torch_packed_before": plain_loop_fresh(model_path, work / "data", packing=True, **loop_args)}
-    init_ray(RayConfig(num_cpus=args.threads))  # the local Ray `sefl-ray train` starts
-    for name, packing in (("ray_train_packed", True), ("ray_train_padded", False)):
-        results[name] = ray_train_loop(work / name, model_path, work / "data", packing=packing, **loop_args)
-    ray.shutdown()
-    results["plain_torch_packed_after"] = plain_loop_fresh(model_path, work / "data", packing=True, **loop_args)
-    baseline = (results["plain_torch_packed_before"]["tokens_per_s"]
-                + results["plain_torch_packed_after"]["tokens_per_s"]) / 2
-    overhead = 1 - results["ray_train_packed"]["tokens_per_s"] / baseline
-    packing_gain = results["ray_train_packed"]["tokens_per_s"] / results["ray_train_padded"]["tokens_per_s"]
-    table = [{"loop": name, **values} for name, values in results.items()]
+    plain = [plain_loop_fresh(model_path, work / "data", packing=True, **loop_args)]
+    table, overheads, gains = [{"repeat": 0, "loop": "plain_torch_packed", **plain[0]}], [], []
+    for repeat in range(1, args.repeats + 1):
+        init_ray(RayConfig(num_cpus=args.threads))  # the local Ray `sefl-ray train` starts
+        ray_runs = {name: ray_train_loop(work / f"{name}_{repeat}", model_path, work / "data", packing=packing,
+                                         **loop_args)
+                    for name, packing in (("ray_train_packed", True), ("ray_train_padded", False))}
+        ray.shutdown()
+        plain.append(plain_loop_fresh(model_path, work / "data", packing=True, **loop_args))
+        baseline = (plain[-2]["tokens_per_s"] + plain[-1]["tokens_per_s"]) / 2
+        overheads.append(1 - ray_runs["ray_train_packed"]["tokens_per_s"] / baseline)
+        gains.append(ray_runs["ray_train_packed"]["tokens_per_s"] / ray_runs["ray_train_padded"]["tokens_per_s"])
+        table += [{"repeat": repeat, "loop": name, **values} for name, values in ray_runs.items()]
+        table.append({"repeat": repeat, "loop": "plain_torch_packed", **plain[-1]})
+    overhead, packing_gain = statistics.median(overheads), statistics.median(gains)
     print(f"model {args.model}, {len(data.train)} examples, lengths p10/p50/p90 = "
           f"{lengths[len(lengths) // 10]}/{lengths[len(lengths) // 2]}/{lengths[9 * len(lengths) // 10]} tokens, "
-          f"{args.threads} threads, {args.steps} steps ({WARMUP} warm-up dropped)")
-    print_table(table, ["loop", "tokens_per_s", "steps", "startup_s"])
-    print(f"Ray Train overhead vs plain torch (mean of before/after): {overhead:.1%} (goal <= 10%)")
-    print(f"packing vs padding (Ray Train): {packing_gain:.2f}x tokens/s (goal >= 1.5x); real tokens / computed "
-          f"tokens: packed {fill[True]:.2f}, padded {fill[False]:.2f} ({fill[True] / fill[False]:.2f}x from fill alone); "
-          f"attention: {args.attn_implementation}")
+          f"{args.threads} threads, {args.steps} steps ({WARMUP} warm-up dropped), {args.repeats} repeats")
+    print_table(table, ["repeat", "loop", "tokens_per_s", "steps", "startup_s"])
+    print(f"Ray Train overhead vs plain torch (each repeat against the plain runs around it): "
+          f"{', '.join(f'{o:.1%}' for o in overheads)}; median {overhead:.1%} (goal <= 10%)")
+    print(f"packing vs padding (Ray Train): {', '.join(f'{g:.2f}x' for g in gains)}; median {packing_gain:.2f}x "
+          f"tokens/s (goal >= 1.5x); real tokens / computed tokens: packed {fill[True]:.2f}, padded "
+          f"{fill[False]:.2f} ({fill[True] / fill[False]:.2f}x from fill alone); attention: {args.attn_implementation}")
     path = write_results("train_throughput", table, model=args.model, threads=args.threads, steps=args.steps,
-                         seq_len=SEQ_LEN, padded_batch=PADDED_BATCH, ray_overhead=overhead,
-                         packing_vs_padding=packing_gain, packed_fill=fill[True], padded_fill=fill[False],
+                         repeats=args.repeats, seq_len=SEQ_LEN, padded_batch=PADDED_BATCH, ray_overhead=overhead,
+                         ray_overhead_per_repeat=overheads, packing_vs_padding=packing_gain,
+                         packing_vs_padding_per_repeat=gains, packed_fill=fill[True], padded_fill=fill[False],
                          packing_gain_from_fill=fill[True] / fill[False], attn_implementation=args.attn_implementation,
                          gpu_mfu="not run: no GPU lent to this task")
     print(f"wrote {path}")
