@@ -17,13 +17,14 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from sefl_ray.errors import ConfigError
+
 PER_EXAMPLE_SDPA = "per_example_sdpa"
 
 
-def register_per_example_sdpa() -> str:
+def register_per_example_sdpa() -> None:
     """Make `attn_implementation=PER_EXAMPLE_SDPA` loadable in this process (each Ray worker calls it)."""
     AttentionInterface.register(PER_EXAMPLE_SDPA, per_example_sdpa)
-    return PER_EXAMPLE_SDPA
 
 
 def per_example_sdpa(
@@ -73,13 +74,10 @@ def example_segments(position_ids: torch.Tensor | None, batch: int, length: int)
     return [list(zip([0, *starts], [*starts, length])) for starts in starts_per_row]
 
 
-
 def check_examples_stay_apart(model: torch.nn.Module) -> None:
     """Packing is only right if the model's attention keeps examples apart. Not every architecture hands the position
     ids to its attention, so one tiny forward proves it: the same 8 tokens twice in one row, positions restarting,
     must give the same logits both times."""
-    from sefl_ray.errors import ConfigError
-
     tokens = torch.arange(8) % model.config.vocab_size
     inputs = {"input_ids": tokens.repeat(2).unsqueeze(0), "position_ids": torch.arange(8).repeat(2).unsqueeze(0)}
     was_training = model.training
