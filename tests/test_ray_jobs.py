@@ -30,8 +30,34 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture(scope="module")
 def ray_head():
-    """A one-node Ray cluster started like a user's: `ray start --head`, token auth as our cluster scripts set it."""
-    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    """A one-node Ray cluster started like a user's: `ray start --head`, token auth as our cluster scripts set it.
+    A head that exits while starting (a port taken between our look and its bind) is started again on fresh ports;
+    the third failure shows its log."""
+    for attempt in range(3):
+        temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+        head, address, env = _start_head(temp_dir)
+        try:
+            _wait_for_dashboard(address, env["RAY_AUTH_TOKEN"], head)
+            break
+        except HeadExited:
+            log = (Path(temp_dir) / "ray-start.log").read_text(errors="replace")
+            _stop_head(head, temp_dir)
+            if attempt == 2:
+                pytest.fail(f"ray start --head exited three times; its last log:\n{log[-4000:]}")
+        except BaseException:
+            _stop_head(head, temp_dir)
+            raise
+    try:
+        yield {"address": address, "env": env}
+    finally:
+        _stop_head(head, temp_dir)
+
+
+class HeadExited(Exception):
+    pass
+
+
+def _start_head(temp_dir: str) -> tuple[subprocess.Popen, str, dict]:
     dashboard_port = free_port()
     # Every fixed default port of a head, moved to a free one: the session's own local Ray already holds some.
     ports = [f"--{name}={free_port()}" for name in (
@@ -39,33 +65,35 @@ def ray_head():
         "metrics-export-port", "node-manager-port", "object-manager-port")]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_ADDRESS": ""}
-    log = open(Path(temp_dir) / "ray-start.log", "w")
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--port=0", "--num-cpus=2", "--include-dashboard=true",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
-         "--disable-usage-stats", *ports],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dashboard_port}"
+    with open(Path(temp_dir) / "ray-start.log", "w") as log:  # the child keeps its own descriptor
+        head = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--port=0", "--num-cpus=2", "--include-dashboard=true",
+             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", f"--temp-dir={temp_dir}",
+             "--disable-usage-stats", *ports],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    return head, f"http://127.0.0.1:{dashboard_port}", env
+
+
+def _stop_head(head: subprocess.Popen, temp_dir: str) -> None:
+    """Kill the head's whole process group: what `ray start` spawned may outlive it."""
     try:
-        _wait_for_dashboard(address, env["RAY_AUTH_TOKEN"], head)
-        yield {"address": address, "env": env}
-    finally:
         os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+        head.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_dashboard(address: str, token: str, head: subprocess.Popen, timeout_s: float = 90) -> None:
     request = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        assert head.poll() is None, "ray start --head exited"
+        if head.poll() is not None:
+            raise HeadExited
         try:
             urllib.request.urlopen(request, timeout=2).read()
             return
