@@ -5,8 +5,8 @@ would silently share a fixed port and answer half the requests; a Ray head start
 the session's own Ray on its default ports. Each server therefore takes a port of its own.
 
 The port is drawn below the kernel's ephemeral range (32768+ on Linux) and above Ray's worker ports (10002-19999):
-a port from the ephemeral range is free when we look, but any outgoing connection or Ray worker may take it before
-the server binds it, and then `ray start` exits (CI saw this once).
+a port from the ephemeral range is free when we look, but any outgoing connection, or any Ray process binding port 0,
+may take it before the server binds it, and then `ray start` exits (CI saw this once).
 """
 
 from __future__ import annotations
