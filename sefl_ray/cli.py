@@ -145,7 +145,7 @@ def _dispatch(args: argparse.Namespace) -> None:
         return
 
     if args.command == "report":
-        from sefl_ray.judge.report import run_report
+        from sefl_ray.report.run import run_report
 
         print(run_report(args.run_dir))
         return

@@ -261,7 +261,8 @@ class JudgeConfig(StrictModel):
         description="System outputs: `infer` parquet files (the system is their folder's name) or CSV/JSONL with "
         "item_id, prompt, system, feedback; empty: every RUN_DIR/infer/*/outputs.parquet.",
     )
-    judges: list[str] = Field(default_factory=lambda: ["local"], description="Endpoint names, judged concurrently.")
+    judges: list[str] = Field(default_factory=lambda: ["local"], description="Endpoint names, judged concurrently; "
+                              "each names one judge, counted once in the majority.")
     mode: Literal["pairwise", "rubric", "both"] = Field("both")
     preset: Literal["default", "sefl"] = Field(
         "default", description="'default': JSON verdict with rationale + 7-dimension rubric; 'sefl': SEFL's "
@@ -276,6 +277,16 @@ class JudgeConfig(StrictModel):
     human_ratings: list[str] = Field(
         default_factory=list, description="Human ratings (long form) to compare the judges with in `agreement`."
     )
+
+
+    @field_validator("judges")
+    @classmethod
+    def _judges_once(cls, judges: list[str]) -> list[str]:
+        repeated = sorted({name for name in judges if judges.count(name) > 1})
+        if repeated:
+            raise ValueError(f"judge(s) {', '.join(repeated)} listed twice; list each endpoint once (a judge listed "
+                             "twice would count twice in the majority)")
+        return judges
 
 
 class SeflConfig(StrictModel):
@@ -298,6 +309,15 @@ class SeflConfig(StrictModel):
     infer: InferConfig = Field(default_factory=InferConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_names_unique(cls, endpoints: list[EndpointConfig]) -> list[EndpointConfig]:
+        names = [endpoint.name for endpoint in endpoints]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"endpoint name(s) {', '.join(repeated)} used twice; give each endpoint its own name")
+        return endpoints
 
     @field_validator("run_dir")
     @classmethod

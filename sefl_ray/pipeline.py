@@ -81,7 +81,7 @@ def run_judge_stage(config: SeflConfig) -> Path:
 
 
 def run_report_stage(config: SeflConfig) -> Path:
-    from sefl_ray.judge.report import run_report
+    from sefl_ray.report.run import run_report
 
     return run_report(config.run_dir)
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sefl_ray.config import load_config
-from sefl_ray.errors import InputNotFoundError
+from sefl_ray.errors import InputNotFoundError, SeflError
 from sefl_ray.judge.prompts import RUBRIC, parse_choice
 from sefl_ray.judge.run import run_judge
 from sefl_ray.testing.loopback import LoopbackServer
@@ -101,6 +101,47 @@ def test_two_judges_their_majority_and_a_rerun_that_calls_nobody(ray_session, tm
     assert again["win_rates"] == first["win_rates"] and again["calls"]["cached"] == first_calls
 
 
+def prefers_shorter(body: dict) -> str:
+    shorter = "A" if len(feedback_in(body, "feedback_A")) < len(feedback_in(body, "feedback_B")) else "B"
+    return json.dumps({"rationale": "Terser.", "verdict": shorter})
+
+
+def test_two_endpoints_serving_one_model_id_are_two_judges_not_one_cache(ray_session, tmp_path):
+    """Same model id, different servers: each judge's answers are its own, cached or not, so the judges disagree."""
+    from sklearn.metrics import cohen_kappa_score
+
+    from sefl_ray.judge.agreement import run_agreement
+
+    inputs = write_outputs(tmp_path / "outputs.jsonl", short_wins_every=4)
+    with LoopbackServer(replies=prefers_longer) as first, LoopbackServer(replies=prefers_shorter) as second:
+        endpoints = (f"endpoints=[{{name: vendor1, model: gpt-4o, base_url: '{first.base_url}'}}, "
+                     f"{{name: vendor2, model: gpt-4o, base_url: '{second.base_url}'}}]")
+        base = [f"run_dir={tmp_path}", endpoints, f"judge.inputs=['{inputs}']", "judge.mode=pairwise",
+                "judge.n_bootstrap=0", "retry.base_delay_s=0.01"]
+        run_judge(load_config(None, [*base, "judge.judges=[vendor1]"]))  # fills the call cache with vendor1's answers
+        run_judge(load_config(None, [*base, "judge.judges=[vendor1, vendor2]"]))
+        assert len(second.requests) == 2 * ITEMS  # vendor2 was asked every pair in both orders, none from the cache
+    ratings = pq.read_table(tmp_path / "judge" / "ratings.parquet").to_pylist()
+    verdicts = {judge: [r["choice"] for r in sorted(ratings, key=lambda r: r["item_id"]) if r["rater"] == judge]
+                for judge in ("vendor1", "vendor2")}
+    assert len(verdicts["vendor1"]) == len(verdicts["vendor2"]) == ITEMS
+    assert verdicts["vendor1"] != verdicts["vendor2"]
+    agreement = json.loads(run_agreement([tmp_path / "judge" / "ratings.parquet"], tmp_path / "agreement",
+                                         n_bootstrap=0).read_text())
+    [pair] = agreement["dimensions"]["overall"]["pairwise"]
+    assert pair["cohen_kappa"] == pytest.approx(cohen_kappa_score(verdicts["vendor1"], verdicts["vendor2"]))
+    assert pair["cohen_kappa"] < 1
+    ensemble = {r["judge"]: r for r in read_summary(tmp_path)["win_rates"]}["ensemble"]
+    assert ensemble["ties"] == ITEMS  # two judges who always disagree: each counted once, no majority
+
+
+def test_judges_and_endpoints_are_named_once():
+    with pytest.raises(SeflError, match="listed twice"):
+        load_config(None, ["endpoints=[{name: a, model: m}]", "judge.judges=[a, a]"])
+    with pytest.raises(SeflError, match="used twice"):
+        load_config(None, ["endpoints=[{name: a, model: m}, {name: a, model: n, base_url: 'http://127.0.0.1:9/v1'}]"])
+
+
 def test_unparseable_verdicts_fail_with_raw_text_and_rescore_reads_them_again(ray_session, tmp_path):
     inputs = write_outputs(tmp_path / "outputs.jsonl")
     with LoopbackServer(replies=["I cannot decide between them."]) as server:
@@ -172,7 +213,7 @@ def test_report_is_self_contained_decodes_and_warns_about_a_poor_judge(ray_sessi
 
     import matplotlib.image
 
-    from sefl_ray.judge.report import run_report
+    from sefl_ray.report.run import run_report
 
     inputs = write_outputs(tmp_path / "outputs.jsonl", short_wins_every=4)
     humans = tmp_path / "humans.csv"  # two humans who prefer the more specific feedback, as `fair` does

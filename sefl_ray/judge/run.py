@@ -221,7 +221,7 @@ def reparse(row: dict[str, Any]) -> dict[str, Any]:
         else:
             scores, rationale = parse_scores(row["raw"])
             row.update(scores=json.dumps(scores), rationale=rationale)
-    except ValueError as exc:
+    except (ValueError, RecursionError, TypeError) as exc:  # any answer, however hostile, is a row, not a crash
         row.update(status="failed", error=f"unparseable verdict: {exc}")
     return row
 

@@ -1,8 +1,10 @@
 """A call cache on disk, so a re-run (after a crash, a kill, or to re-score) pays for no call twice.
 
 Each process appends to its own JSONL shard and flushes every line, so a killed run keeps everything it was
-answered; a process reads every shard once when it starts. Keys hash the model and the full request, so a changed
-prompt or sampling parameter is a miss, and the same request with the same seed is a hit.
+answered; a process reads every shard once when it starts. Keys hash the endpoint (its name, base_url and model)
+and the full request, so a changed prompt or sampling parameter is a miss, the same request with the same seed is a
+hit, and two endpoints that serve a model of the same name (`gpt-4o` at two vendors, two vLLM servers) never get
+each other's answers.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 
-def request_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
-    canonical = json.dumps({"model": model, "messages": messages, "params": params}, sort_keys=True, default=str)
+def request_key(endpoint: dict[str, str], messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
+    """`endpoint`: {"name", "base_url", "model"}, the identity of who answers."""
+    canonical = json.dumps({"endpoint": endpoint, "messages": messages, "params": params}, sort_keys=True,
+                           default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -67,7 +67,8 @@ class EndpointClient:
         """One chat completion, retried per our policy. Raises `EndpointCallFailed` when it cannot succeed."""
         record = CallRecord(endpoint=self.endpoint.name, model=self.endpoint.model)
         started = time.monotonic()
-        cache_key = request_key(self.endpoint.model, messages, params) if self._cache else None
+        identity = {"name": self.endpoint.name, "base_url": self.endpoint.base_url, "model": self.endpoint.model}
+        cache_key = request_key(identity, messages, params) if self._cache else None
         if cache_key and (hit := self._cache.get(cache_key)) is not None:
             record.prompt_tokens, record.completion_tokens = hit["prompt_tokens"], hit["completion_tokens"]
             record.cached, record.cost_usd = True, 0.0 if self.endpoint.price_input_per_1m is not None else None
