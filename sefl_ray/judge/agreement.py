@@ -8,12 +8,14 @@ choices, ordinal for scores). Only the bootstrap resamples of Cohen's kappa use 
 formula on confusion-matrix counts, because a thousand library calls per rater pair take about a second each.
 
 Shape of `agreement.json` (every statistic is computed per dimension; pairwise choices without a `dimension`
-column, like scores without one, land in the dimension `overall`):
+column, like scores without one, land in the dimension `overall`; SEFL's criteria are dimensions like any other):
 
     {
       "rating_type": "choice" | "score", "inputs": [path, ...], "n_ratings": int,
       "n_bootstrap": int, "seed": int, "ci_level": 0.95,
       "raters": [{"rater", "kind": "human" | "judge", "n_ratings"}, ...],      # humans first, then judges, by name
+      "flags": [{"rater", "dimension", "flag": "low_agreement" | "inverted_or_broken", "cohen_kappa",
+                 "message"}, ...],                                              # judges not to trust, every dimension
       "dimensions": {
         "<dimension>": {
           "n_items", "n_ratings", "categories": ["A", "B", "tie"] | [1, 2, ..., 5],
@@ -27,7 +29,21 @@ column, like scores without one, land in the dimension `overall`):
                                             "accuracy_ci_low", "accuracy_ci_high", "n_resamples", "reason"}, ...]},
           "position_a_rate": [{"rater", "kind", "n_non_tie", "n_ties", "value", "reason"}, ...],  # choices only
           "win_rates": [{"rater", "kind", "systems": [s1, s2], "n", "ties",
-                         "by_system": [{"system", "wins", "losses", "ties", "win_rate"}, ...]}, ...]  # choices only
+                         "by_system": [{"system", "wins", "losses", "ties", "win_rate"}, ...]}, ...],  # choices only
+          "calibration": {                                                                        # choices only
+            "human_ceiling": {"value", "ci_low", "ci_high", "n", "reason",
+                              "raters": [{"rater", "n", "agreement", "ci_low", "ci_high", "reason"}, ...]},
+            "judges": [{"rater", "n", "loo_agreement", "ci_low", "ci_high", "reason", "vs_ceiling",
+                        "cohen_kappa", "kappa_ci_low", "kappa_ci_high", "kappa_reason",    # vs the human majority
+                        "unanimous": {"n", "accuracy", "ci_low", "ci_high", "reason"},
+                        "split": {"n", "accuracy", "ci_low", "ci_high", "reason"},
+                        "flag": null | "low_agreement" | "inverted_or_broken", "flag_message"}, ...],
+            "bias": [{"rater", "kind", "first_position": {"n", "value", "ci_low", "ci_high", "reason"},
+                      "prefers_longer": {"n", "value", "ci_low", "ci_high", "reason"}}, ...],  # every rater
+            "by_system_pair": [{"systems": [s1, s2], "n_items", "human_ceiling", "human_ceiling_reason",
+                                "judges": [{"rater", "n", "cohen_kappa", "ci_low", "ci_high", "accuracy",
+                                            "reason"}, ...]}, ...]
+          }
         }
       }
     }
@@ -50,8 +66,30 @@ Decisions:
 - Choices are compared as the raters saw them unless `system_a`/`system_b` show that raters saw an item's systems
   in different orders: then A and B are swapped back to the order of the item's first row before agreement, so
   `A` names the same system for everyone. `position_a_rate` (share of non-tie choices that are `A`) uses the
-  positions as shown, since position bias is about what the rater saw.
+  positions as shown, since position bias is about what the rater saw, and only rows whose `order` is `shown`.
 - Win rates map each choice back to its systems; `win_rate` counts a tie as half a win.
+
+Calibration against humans (pairwise choices), following AlpacaEval's scoring of its annotators:
+- Leave-one-out (LOO) agreement of a human h: the share of items h rated where h's choice equals the mode of the
+  other humans' choices on that item, over the items where the other humans (one or more) have a unique mode. The
+  human ceiling is the mean of that over the humans who have such items.
+- A judge's LOO agreement: for each human h left out, the judge's agreement with the same mode of the humans other
+  than h, on the same items (those h rated, where the others have a unique mode), averaged over h; so a judge's
+  number and the ceiling are the same statistic. `vs_ceiling` = the judge's LOO agreement minus the ceiling. The CIs
+  of the ceiling and of a judge resample the items any of its comparisons uses and average over h in each resample.
+- Unanimous items: every human rating of the item (two or more) is the same choice. Split items: a human majority
+  (as above) but not unanimous. A judge's accuracy on each is its exact match with the human majority.
+- `first_position`: share of non-tie choices that are `A`, as shown, with a CI, counting only rows of `order`
+  `shown`; a rater whose verdicts all combine both orders has none. `prefers_longer`: share of non-tie choices
+  where the chosen feedback (as shown) is the longer one, from `length_a`/`length_b`; pairs of equal length are
+  left out.
+- `by_system_pair`: the ceiling and each judge's kappa (with CI) and accuracy against the human majority on the
+  items of one pair of systems only.
+- Flags (every dimension, scores too, from kappa against the human majority): below 0 is `inverted_or_broken`
+  (the judge leans to the side the humans reject, or its verdicts are read the wrong way round); below 0.4 is
+  `low_agreement`. A kappa that is undefined although the judge has items with a human majority (judge and majority
+  gave one and the same category throughout) is `low_agreement` too: agreement beyond chance is not shown, and a
+  judge is trusted only when it is. A judge with no such items is not calibrated at all and carries no flag.
 """
 
 from __future__ import annotations
@@ -72,7 +110,10 @@ from sefl_ray.judge.ratings import CHOICES, Rating, aligned_choices, read_rating
 logger = logging.getLogger(__name__)
 
 CI_LEVEL = 0.95
+KAPPA_FLAG = 0.4  # a judge below this kappa against the human majority is flagged
 _RESAMPLES_PER_CHUNK = 256
+_NO_FIRST_POSITION = ("every verdict of this rater combines both presentation orders (order: both), so it has no "
+                      "first position")
 
 
 class Bootstrap(NamedTuple):
@@ -110,6 +151,15 @@ def run_agreement(paths: list[str | Path], out_dir: str | Path, *, n_bootstrap: 
     for rating in ratings:
         by_dimension[rating.dimension].append(rating)
     bootstrap = Bootstrap(n_bootstrap, seed)
+    dimensions = {dimension: _dimension_report(by_dimension[dimension], rating_type, raters, kinds, bootstrap)
+                  for dimension in sorted(by_dimension)}
+    flags = []
+    for dimension, block in dimensions.items():
+        for entry in block["vs_human_majority"]["raters"]:
+            flag = _flag(entry["rater"], entry)
+            if flag["flag"]:
+                flags.append({"rater": entry["rater"], "dimension": dimension, **flag})
+                logger.warning("agreement (%s): %s", dimension, flag["message"])
     report = {
         "rating_type": rating_type,
         "inputs": [str(path) for path in paths],
@@ -118,8 +168,8 @@ def run_agreement(paths: list[str | Path], out_dir: str | Path, *, n_bootstrap: 
         "seed": seed,
         "ci_level": CI_LEVEL,
         "raters": [{"rater": rater, "kind": kinds[rater], "n_ratings": per_rater[rater]} for rater in raters],
-        "dimensions": {dimension: _dimension_report(by_dimension[dimension], rating_type, raters, kinds, bootstrap)
-                       for dimension in sorted(by_dimension)},
+        "flags": flags,
+        "dimensions": dimensions,
     }
     out_path = Path(out_dir) / "agreement.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +207,8 @@ def _dimension_report(ratings: list[Rating], rating_type: str, all_raters: list[
     if rating_type == "choice":
         report["position_a_rate"] = _position_report(ratings, raters, kinds)
         report["win_rates"] = _win_rate_report(ratings, raters, kinds)
+        report["calibration"] = _calibration_report(ratings, humans, judges, kinds, labels, scale, bootstrap,
+                                                    report["vs_human_majority"])
     return report
 
 
@@ -208,13 +260,19 @@ def _human_majority(humans: list[str], labels: dict[str, dict[str, int]]) -> tup
     for item, codes in by_item.items():
         if len(codes) < 2:
             single += 1
-            continue
-        (top, top_count), *rest = Counter(codes).most_common()
-        if rest and rest[0][1] == top_count:
+        elif (top := _unique_mode(codes)) is None:
             tied += 1
         else:
             majority[item] = top
     return majority, tied, single
+
+
+def _unique_mode(codes: list[int]) -> int | None:
+    """The most frequent code, or None when there is none or two or more codes share the top count."""
+    ranked = Counter(codes).most_common(2)
+    if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
+        return None
+    return ranked[0][0]
 
 
 def _kappa_estimate(codes_a: np.ndarray, codes_b: np.ndarray, scale: Scale, bootstrap: Bootstrap, *,
@@ -313,13 +371,14 @@ def _krippendorff_report(humans: list[str], labels: dict[str, dict[str, int]], s
 def _position_report(ratings: list[Rating], raters: list[str], kinds: dict[str, str]) -> list[dict[str, Any]]:
     shown = {rater: Counter() for rater in raters}
     for rating in ratings:
-        shown[rating.rater][rating.value] += 1
+        if rating.order == "shown":
+            shown[rating.rater][rating.value] += 1
     entries = []
     for rater in raters:
         non_tie = shown[rater]["A"] + shown[rater]["B"]
+        reason = None if non_tie else _NO_FIRST_POSITION if not shown[rater] else "every choice of this rater is a tie"
         entries.append({"rater": rater, "kind": kinds[rater], "n_non_tie": non_tie, "n_ties": shown[rater]["tie"],
-                        "value": shown[rater]["A"] / non_tie if non_tie else None,
-                        "reason": None if non_tie else "every choice of this rater is a tie"})
+                        "value": shown[rater]["A"] / non_tie if non_tie else None, "reason": reason})
     return entries
 
 
@@ -342,6 +401,173 @@ def _win_rate_report(ratings: list[Rating], raters: list[str], kinds: dict[str, 
             entries.append({"rater": rater, "kind": kinds[rater], "systems": list(systems), "n": n,
                             "ties": wins["tie"], "by_system": by_system})
     return entries
+
+
+# ---- Calibration against humans (pairwise choices) ----
+
+def _calibration_report(ratings: list[Rating], humans: list[str], judges: list[str], kinds: dict[str, str],
+                        labels: dict[str, dict[str, int]], scale: Scale, bootstrap: Bootstrap,
+                        vs_majority: dict[str, Any]) -> dict[str, Any]:
+    """The human ceiling, each judge against it and against the human majority, every rater's position and length
+    bias, and the same per pair of systems."""
+    ceiling = _ceiling_report(humans, labels, bootstrap)
+    modes = _leave_one_out_modes(humans, labels)
+    majority, _, _ = _human_majority(humans, labels)
+    unanimous = {item for item in majority if len({labels[human][item] for human in humans if item in labels[human]})
+                 == 1}
+    kappas = {entry["rater"]: entry for entry in vs_majority["raters"]}
+    judge_entries = [_judge_calibration(judge, humans, labels, modes, majority, unanimous, kappas[judge],
+                                        ceiling["value"], bootstrap) for judge in judges]
+    return {"human_ceiling": ceiling, "judges": judge_entries,
+            "bias": [_bias_entry(rater, kinds[rater], ratings, bootstrap) for rater in humans + judges],
+            "by_system_pair": _system_pair_report(ratings, humans, judges, labels, scale, bootstrap)}
+
+
+def _ceiling_report(humans: list[str], labels: dict[str, dict[str, int]], bootstrap: Bootstrap) -> dict[str, Any]:
+    """Each human's leave-one-out agreement with the other humans, and their mean: the human ceiling."""
+    modes = _leave_one_out_modes(humans, labels)
+    entries = []
+    for human in humans:
+        agreement = _loo_agreement([(labels[human], modes[human])], bootstrap)
+        entries.append({"rater": human, "n": agreement["n"], "agreement": agreement["value"],
+                        "ci_low": agreement["ci_low"], "ci_high": agreement["ci_high"],
+                        "reason": None if agreement["n"] else "no item this human rated has a unique mode among the "
+                                                              "other humans' ratings"})
+    ceiling = _loo_agreement([(labels[human], modes[human]) for human in humans], bootstrap)
+    reason = None if ceiling["n"] else ("fewer than two human raters" if len(humans) < 2 else
+                                        "no item has a unique mode among the other humans' ratings")
+    return {"value": ceiling["value"], "ci_low": ceiling["ci_low"], "ci_high": ceiling["ci_high"],
+            "n": ceiling["n"], "reason": reason, "raters": entries}
+
+
+def _judge_calibration(judge: str, humans: list[str], labels: dict[str, dict[str, int]],
+                       modes: dict[str, dict[str, int]], majority: dict[str, int], unanimous: set[str],
+                       kappa: dict[str, Any], ceiling: float | None, bootstrap: Bootstrap) -> dict[str, Any]:
+    """A judge's LOO agreement (to set beside the ceiling), kappa against the human majority, its accuracy on
+    unanimous and on split items, and its flag."""
+    loo = _loo_agreement([(labels[judge], modes[human]) for human in humans], bootstrap)
+    items = sorted(labels[judge].keys() & majority.keys())
+    flag = _flag(judge, kappa)
+    return {
+        "rater": judge, "n": loo["n"], "loo_agreement": loo["value"], "ci_low": loo["ci_low"],
+        "ci_high": loo["ci_high"], "reason": None if loo["n"] else "the judge rated no item that has a unique mode "
+                                                                   "among the humans left after leaving one out",
+        "vs_ceiling": loo["value"] - ceiling if loo["value"] is not None and ceiling is not None else None,
+        "cohen_kappa": kappa["cohen_kappa"], "kappa_ci_low": kappa["ci_low"], "kappa_ci_high": kappa["ci_high"],
+        "kappa_reason": kappa["reason"],
+        "unanimous": _accuracy([labels[judge][item] == majority[item] for item in items if item in unanimous],
+                               bootstrap, "the judge rated no item on which every human (two or more) agrees"),
+        "split": _accuracy([labels[judge][item] == majority[item] for item in items if item not in unanimous],
+                           bootstrap, "the judge rated no item with a human majority that is not unanimous"),
+        "flag": flag["flag"], "flag_message": flag["message"],
+    }
+
+
+def _leave_one_out_modes(humans: list[str], labels: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """For each human h: {item h rated: the unique mode of the other humans' codes on it}, where there is one."""
+    modes = {}
+    for human in humans:
+        others = [other for other in humans if other != human]
+        modes[human] = {item: mode for item in labels[human]
+                        if (mode := _unique_mode([labels[other][item] for other in others if item in labels[other]]))
+                        is not None}
+    return modes
+
+
+def _loo_agreement(comparisons: list[tuple[dict[str, int], dict[str, int]]], bootstrap: Bootstrap) -> dict[str, Any]:
+    """The mean over `comparisons` (one per human left out: the rater's codes, the others' modes) of the rater's
+    exact-match share on the items both cover; comparisons without items are left out of the mean. The interval
+    resamples the items any comparison uses."""
+    items = sorted(set().union(*(codes.keys() & modes.keys() for codes, modes in comparisons)))
+    if not items:
+        return {"n": 0, "value": None, "ci_low": None, "ci_high": None}
+    index = {item: column for column, item in enumerate(items)}
+    covered = np.zeros((len(comparisons), len(items)))
+    hits = np.zeros((len(comparisons), len(items)))
+    for row, (codes, modes) in enumerate(comparisons):
+        for item in codes.keys() & modes.keys():
+            covered[row, index[item]] = 1.0
+            hits[row, index[item]] = float(codes[item] == modes[item])
+
+    def mean_agreement(resamples: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):  # a comparison none of whose items was drawn: NaN
+            shares = hits[:, resamples].sum(axis=-1) / covered[:, resamples].sum(axis=-1)  # comparisons x resamples
+        return np.nanmean(shares, axis=0)  # every item belongs to some comparison, so one is always defined
+
+    value = float(mean_agreement(np.arange(len(items))[None, :])[0])
+    low, high, _ = _bootstrap_ci(mean_agreement, len(items), bootstrap)
+    return {"n": len(items), "value": value, "ci_low": low, "ci_high": high}
+
+
+def _accuracy(hits: list[bool], bootstrap: Bootstrap, no_items: str) -> dict[str, Any]:
+    share = _share(hits, bootstrap, no_items)
+    return {"n": share["n"], "accuracy": share["value"], "ci_low": share["ci_low"], "ci_high": share["ci_high"],
+            "reason": share["reason"]}
+
+
+def _share(hits: list[bool], bootstrap: Bootstrap, no_items: str) -> dict[str, Any]:
+    """The share of true `hits`, with a bootstrap interval; null with `no_items` as the reason when empty."""
+    if not hits:
+        return {"n": 0, "value": None, "ci_low": None, "ci_high": None, "reason": no_items}
+    values = np.array(hits, dtype=float)
+    low, high, _ = _bootstrap_ci(lambda resamples: values[resamples].mean(axis=1), len(values), bootstrap)
+    return {"n": len(values), "value": float(values.mean()), "ci_low": low, "ci_high": high, "reason": None}
+
+
+def _bias_entry(rater: str, kind: str, ratings: list[Rating], bootstrap: Bootstrap) -> dict[str, Any]:
+    """Position bias (share of first-shown choices) and length bias (share choosing the longer feedback)."""
+    mine = [rating for rating in ratings if rating.rater == rater]
+    shown = [rating.value == "A" for rating in mine if rating.order == "shown" and rating.value != "tie"]
+    no_first = "every choice of this rater is a tie" if any(r.order == "shown" for r in mine) else _NO_FIRST_POSITION
+    with_lengths = [rating for rating in mine if rating.lengths is not None]
+    longer = [(rating.value == "A") == (rating.lengths[0] > rating.lengths[1]) for rating in with_lengths
+              if rating.value != "tie" and rating.lengths[0] != rating.lengths[1]]
+    no_longer = ("no non-tie choice of this rater is between feedback of different lengths" if with_lengths else
+                 "no length_a/length_b given for this rater's ratings")
+    return {"rater": rater, "kind": kind, "first_position": _share(shown, bootstrap, no_first),
+            "prefers_longer": _share(longer, bootstrap, no_longer)}
+
+
+def _system_pair_report(ratings: list[Rating], humans: list[str], judges: list[str],
+                        labels: dict[str, dict[str, int]], scale: Scale, bootstrap: Bootstrap) -> list[dict[str, Any]]:
+    """The ceiling and each judge against the human majority on the items of one pair of systems at a time."""
+    pair_items: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for rating in ratings:
+        if rating.systems is not None:
+            pair_items[tuple(sorted(rating.systems))].add(rating.item)
+    entries = []
+    for systems, items in sorted(pair_items.items()):
+        sliced = {rater: {item: code for item, code in codes.items() if item in items}
+                  for rater, codes in labels.items()}
+        ceiling = _ceiling_report(humans, sliced, Bootstrap(0, bootstrap.seed))
+        majority = _vs_majority_report(humans, judges, sliced, scale, bootstrap)
+        entries.append({"systems": list(systems), "n_items": len(items), "human_ceiling": ceiling["value"],
+                        "human_ceiling_reason": ceiling["reason"],
+                        "judges": [{key: entry[key] for key in ("rater", "n", "cohen_kappa", "ci_low", "ci_high",
+                                                                "accuracy", "reason")}
+                                   for entry in majority["raters"]]})
+    return entries
+
+
+def _flag(judge: str, kappa: dict[str, Any]) -> dict[str, Any]:
+    """Whether a judge's kappa against the human majority (`kappa`: a `vs_human_majority` rater entry) says not to
+    trust it, and what to tell the reader."""
+    value = kappa["cohen_kappa"]
+    if value is None and not kappa["n"]:
+        return {"flag": None, "cohen_kappa": None, "message": None}
+    if value is None:
+        return {"flag": "low_agreement", "cohen_kappa": None,
+                "message": f"{judge}: κ vs the human majority is undefined ({kappa['reason']}) on {kappa['n']} items: "
+                           "agreement beyond chance is not shown"}
+    if value < 0:
+        return {"flag": "inverted_or_broken", "cohen_kappa": value,
+                "message": f"{judge}: κ = {value:.2f} vs the human majority: inverted or broken (it leans to the side "
+                           "the humans reject, or its verdicts are read the wrong way round)"}
+    if value < KAPPA_FLAG:
+        return {"flag": "low_agreement", "cohen_kappa": value,
+                "message": f"{judge}: κ = {value:.2f} vs the human majority, below {KAPPA_FLAG}: low agreement; do "
+                           "not trust its verdicts without human review"}
+    return {"flag": None, "cohen_kappa": value, "message": None}
 
 
 # ---- Bootstrap and reporting helpers ----

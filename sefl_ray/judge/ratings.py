@@ -9,6 +9,11 @@ One row per (item, rater[, dimension]):
 - `dimension`: optional; rows without one belong to the dimension `overall`.
 - `system_a`, `system_b`: optional, pairwise only: which system was shown as A and as B. All rows of an item give
   them or none does, and they name the same two systems (in either order).
+- `length_a`, `length_b`: optional, pairwise: the length in characters of the feedback shown as A and as B (whole
+  numbers, 0 or more; both or neither). They let the calibration measure a preference for longer feedback.
+- `order`: optional, pairwise: `shown` (the default) when the choice is as the rater saw the pair, `both` when the
+  verdict already combines both presentation orders (a judge run in both orders), so it says nothing about the
+  first position.
 
 Error messages name the file and the row (1-based, not counting a CSV header).
 """
@@ -25,6 +30,7 @@ from sefl_ray.errors import ConfigError
 REQUIRED_COLUMNS = ("item_id", "rater", "rater_kind")
 CHOICES = ("A", "B", "tie")
 RATER_KINDS = ("human", "judge")
+ORDERS = ("shown", "both")
 DEFAULT_DIMENSION = "overall"
 _SWAPPED = {"A": "B", "B": "A", "tie": "tie"}
 
@@ -39,6 +45,8 @@ class Rating(NamedTuple):
     value: str | int
     systems: tuple[str, str] | None
     where: str
+    lengths: tuple[int, int] | None = None  # characters of the feedback shown as A and as B
+    order: str = "shown"  # "both": the verdict combines both presentation orders
 
 
 def read_ratings(paths: list[str | Path]) -> tuple[list[Rating], str]:
@@ -90,7 +98,8 @@ def _parse_row(row: dict[str, Any], where: str) -> Rating:
     value = _parse_score(score, where) if _blank(choice) else _parse_choice(choice, where)
     dimension = DEFAULT_DIMENSION if _blank(row.get("dimension")) else str(row["dimension"]).strip()
     return Rating(item=str(row["item_id"]).strip(), rater=str(row["rater"]).strip(), kind=kind, dimension=dimension,
-                  value=value, systems=_parse_systems(row, where), where=where)
+                  value=value, systems=_parse_systems(row, where), where=where, lengths=_parse_lengths(row, where),
+                  order=_parse_order(row.get("order"), where))
 
 
 def _blank(value: Any) -> bool:
@@ -128,6 +137,35 @@ def _parse_systems(row: dict[str, Any], where: str) -> tuple[str, str] | None:
     if systems[0] == systems[1]:
         raise ConfigError(f"{where}: system_a and system_b are both '{systems[0]}'; a pair compares two systems")
     return systems
+
+
+def _parse_lengths(row: dict[str, Any], where: str) -> tuple[int, int] | None:
+    length_a, length_b = row.get("length_a"), row.get("length_b")
+    if _blank(length_a) and _blank(length_b):
+        return None
+    if _blank(length_a) or _blank(length_b):
+        raise ConfigError(f"{where}: give both length_a and length_b (characters of feedback A and B), or neither")
+    return _parse_length(length_a, "length_a", where), _parse_length(length_b, "length_b", where)
+
+
+def _parse_length(length: Any, column: str, where: str) -> int:
+    try:
+        number = float(length) if not isinstance(length, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (number.is_integer() and number >= 0):
+        raise ConfigError(f"{where}: {column} '{length}' is not a whole number of characters (0 or more)")
+    return int(number)
+
+
+def _parse_order(order: Any, where: str) -> str:
+    if _blank(order):
+        return "shown"
+    normalized = str(order).strip().lower()
+    if normalized not in ORDERS:
+        raise ConfigError(f"{where}: order '{order}' is not one of {', '.join(ORDERS)} (shown: the choice is as the "
+                          f"rater saw the pair; both: it combines both presentation orders)")
+    return normalized
 
 
 def _check_one_type(ratings: list[Rating]) -> str:

@@ -135,15 +135,29 @@ def rubric_means(rubric: list[dict[str, Any]], *, n_bootstrap: int, seed: int) -
     return rows
 
 
-def judgments_to_ratings(judgments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def judgments_to_ratings(
+    judgments: list[dict[str, Any]], systems: dict[str, dict[str, dict[str, str]]] | None = None
+) -> list[dict[str, Any]]:
     """The judges' verdicts in `sefl-ray agreement`'s long form: pairwise items are `item::system_a::system_b`
-    with choice A (system_a wins), B or tie after both orders; rubric items are `item::system` with one score per
-    dimension. Human ratings compared with them use the same item ids."""
+    with choice A (system_a wins), B or tie after both orders, in the dimension `overall` (with the `sefl` preset,
+    the majority over criteria) and, when judged per criterion, once more per criterion as its own dimension;
+    rubric items are `item::system` with one score per dimension. Human ratings compared with them use the same
+    item ids. With `systems` ({system: {item_id: {"prompt", "feedback"}}}) pairwise rows also carry `length_a` and
+    `length_b` (characters of system_a's and system_b's feedback) and `order: both`, since each verdict combines
+    both presentation orders."""
     ok = [row for row in judgments if row["status"] == "ok"]
-    per_item = overall_verdicts(combine_orders([row for row in ok if row["kind"] == "pairwise"]))
-    ratings = [{"item_id": f"{item}::{a}::{b}", "rater": judge, "rater_kind": "judge",
-                "choice": "A" if winner == a else "B" if winner == b else "tie", "system_a": a, "system_b": b}
-               for (judge, a, b, item), winner in sorted(per_item.items())]
+    verdicts = combine_orders([row for row in ok if row["kind"] == "pairwise"])
+    per_dimension = {(judge, a, b, "overall", item): winner
+                     for (judge, a, b, item), winner in overall_verdicts(verdicts).items()}
+    per_dimension.update({key: verdict["winner"] for key, verdict in verdicts.items() if key[3] != "overall"})
+    ratings = []
+    for (judge, a, b, dimension, item), winner in sorted(per_dimension.items()):
+        rating = {"item_id": f"{item}::{a}::{b}", "rater": judge, "rater_kind": "judge", "dimension": dimension,
+                  "choice": "A" if winner == a else "B" if winner == b else "tie", "system_a": a, "system_b": b}
+        if systems is not None:
+            rating.update(length_a=len(systems[a][item]["feedback"]), length_b=len(systems[b][item]["feedback"]),
+                          order="both")
+        ratings.append(rating)
     if ratings:
         return ratings
     return [{"item_id": f"{row['item_id']}::{row['system']}", "rater": row["judge"], "rater_kind": "judge",
