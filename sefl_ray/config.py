@@ -297,6 +297,9 @@ class SeflConfig(StrictModel):
         "PVC); on a cluster, one every node sees. Object-store URIs work for train.storage_path only."
     )
     seed: int = Field(0, description="Seed for sampling, splits and training.")
+    progress_interval_s: float = Field(
+        5.0, gt=0, le=60, description="Seconds between progress updates of synth, infer and judge (done, failed, "
+        "tokens, cost, ETA): a bar on a terminal, one log line per interval elsewhere.")
     ray: RayConfig = Field(default_factory=RayConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     endpoints: list[EndpointConfig] = Field(

@@ -23,6 +23,7 @@ from sefl_ray.config import SeflConfig, log_resolved_config, save_resolved_confi
 from sefl_ray.data.sft import to_chat_messages
 from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
+from sefl_ray.progress import report_row, track_progress
 
 logger = logging.getLogger(__name__)
 
@@ -46,23 +47,25 @@ def run_infer(config: SeflConfig) -> Path:
     init_ray(config.ray)
     started = time.monotonic()
     dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / settings.batch_size)))
-    if settings.mode == "local":
-        outputs = dataset.map_batches(
-            LocalModelWorker, fn_constructor_kwargs={"config_json": config.model_dump_json()},
-            batch_size=settings.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=settings.num_actors), num_cpus=1,
-        )
-    else:
-        outputs = dataset.map_batches(
-            EndpointWorker, fn_constructor_kwargs={"config_json": config.model_dump_json()},
-            batch_size=settings.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=settings.num_actors,
-                                               max_concurrent_calls_per_actor=max(1, settings.concurrency
-                                                                                  // settings.batch_size)),
-            num_cpus=0.1,  # waits on the network: must not starve the read task of CPU
-        )
-    # a test set is small: gather it in the driver and write one file that every later stage reads
-    table = pa.concat_tables(list(outputs.iter_batches(batch_format="pyarrow", batch_size=None)))
+    with track_progress(f"infer {settings.name}", len(items), config.progress_interval_s) as progress:
+        worker_kwargs = {"config_json": config.model_dump_json(), "progress": progress}
+        if settings.mode == "local":
+            outputs = dataset.map_batches(
+                LocalModelWorker, fn_constructor_kwargs=worker_kwargs,
+                batch_size=settings.batch_size, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=settings.num_actors), num_cpus=1,
+            )
+        else:
+            outputs = dataset.map_batches(
+                EndpointWorker, fn_constructor_kwargs=worker_kwargs,
+                batch_size=settings.batch_size, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=settings.num_actors,
+                                                   max_concurrent_calls_per_actor=max(1, settings.concurrency
+                                                                                      // settings.batch_size)),
+                num_cpus=0.1,  # waits on the network: must not starve the read task of CPU
+            )
+        # a test set is small: gather it in the driver and write one file that every later stage reads
+        table = pa.concat_tables(list(outputs.iter_batches(batch_format="pyarrow", batch_size=None)))
     out_dir.mkdir(parents=True, exist_ok=True)
     import pyarrow.parquet as pq
 
@@ -117,10 +120,11 @@ def _output_row(item: dict[str, Any], model: str, **fields: Any) -> dict[str, An
 class LocalModelWorker:
     """A Ray Data actor holding the model; one batched generate per batch."""
 
-    def __init__(self, config_json: str):
+    def __init__(self, config_json: str, progress=None):
         from sefl_ray.serve.engine import TransformersEngine
 
         self.settings = SeflConfig.model_validate_json(config_json).infer
+        self.progress = progress
         self.engine = TransformersEngine(self.settings.model)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -144,14 +148,17 @@ class LocalModelWorker:
             rows[index] = _output_row(items[index], self.settings.model, feedback=result.text,
                                       prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                                       latency_s=latency)
+        for row in rows:  # the model's own compute: no price
+            report_row(self.progress, row["status"], row["prompt_tokens"] + row["completion_tokens"], 0.0)
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
 class EndpointWorker:
     """A Ray Data actor calling an endpoint: every row of a batch in flight at once."""
 
-    def __init__(self, config_json: str):
+    def __init__(self, config_json: str, progress=None):
         self.config = SeflConfig.model_validate_json(config_json)
+        self.progress = progress
         self._client = None
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -167,9 +174,11 @@ class EndpointWorker:
                 result = await self._client.chat(json.loads(item["messages"]), max_tokens=settings.max_new_tokens,
                                                  temperature=settings.temperature, seed=0)
             except EndpointCallFailed as failure:
+                report_row(self.progress, "failed", 0, failure.record.cost_usd)
                 return _output_row(item, model, status="failed", error=failure.record.error,
                                    latency_s=failure.record.latency_s)
             record = result.record
+            report_row(self.progress, "ok", record.prompt_tokens + record.completion_tokens, record.cost_usd)
             return _output_row(item, model, feedback=result.text, prompt_tokens=record.prompt_tokens,
                                completion_tokens=record.completion_tokens, latency_s=record.latency_s)
 

@@ -33,6 +33,7 @@ from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.judge.prompts import pairwise_prompts, parse_choice, parse_scores, rubric_prompt
 from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
+from sefl_ray.progress import report_row, track_progress
 
 logger = logging.getLogger(__name__)
 
@@ -147,17 +148,19 @@ def call_judges(config: SeflConfig, tasks: list[dict[str, Any]]) -> list[dict[st
     batch_size = min(BATCH_SIZE, math.ceil(settings.concurrency / settings.num_actors))
     calls_per_actor = max(1, math.ceil(settings.concurrency / (settings.num_actors * batch_size)))
     try:
-        dataset = ray.data.from_items(tasks, override_num_blocks=max(1, math.ceil(len(tasks) / batch_size)))
-        judged = dataset.map_batches(
-            JudgeWorker, fn_constructor_kwargs={"config_json": config.model_dump_json(), "limiter": limiter},
-            batch_size=batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=settings.num_actors,
-                                               max_tasks_in_flight_per_actor=2 * calls_per_actor,
-                                               max_concurrent_calls_per_actor=calls_per_actor),
-            num_cpus=0.1,  # waits on the network: must not starve the read task of CPU
-        )
-        return [row for batch in judged.iter_batches(batch_format="pyarrow", batch_size=None)
-                for row in batch.to_pylist()]
+        with track_progress("judge", len(tasks), config.progress_interval_s) as progress:
+            dataset = ray.data.from_items(tasks, override_num_blocks=max(1, math.ceil(len(tasks) / batch_size)))
+            judged = dataset.map_batches(
+                JudgeWorker, fn_constructor_kwargs={"config_json": config.model_dump_json(), "limiter": limiter,
+                                                    "progress": progress},
+                batch_size=batch_size, batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=settings.num_actors,
+                                                   max_tasks_in_flight_per_actor=2 * calls_per_actor,
+                                                   max_concurrent_calls_per_actor=calls_per_actor),
+                num_cpus=0.1,  # waits on the network: must not starve the read task of CPU
+            )
+            return [row for batch in judged.iter_batches(batch_format="pyarrow", batch_size=None)
+                    for row in batch.to_pylist()]
     finally:
         if limiter is not None:
             ray.kill(limiter)
@@ -166,9 +169,9 @@ def call_judges(config: SeflConfig, tasks: list[dict[str, Any]]) -> list[dict[st
 class JudgeWorker:
     """A Ray Data actor: each batch's judge calls concurrently, each judge through its own endpoint client."""
 
-    def __init__(self, config_json: str, limiter):
+    def __init__(self, config_json: str, limiter, progress=None):
         self.config = SeflConfig.model_validate_json(config_json)
-        self.limiter = limiter
+        self.limiter, self.progress = limiter, progress
         self._clients = None
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -180,8 +183,14 @@ class JudgeWorker:
             self._clients = {name: EndpointClient(self.config.endpoint(name), self.config.retry,
                                                   limiter=self.limiter, cache=cache)
                              for name in self.config.judge.judges}
-        rows = await asyncio.gather(*(self._one(task) for task in batch.to_pylist()))
+        rows = await asyncio.gather(*(self._counted(task) for task in batch.to_pylist()))
         return pa.Table.from_pylist(list(rows), schema=JUDGMENT_SCHEMA)
+
+    async def _counted(self, task: dict[str, Any]) -> dict[str, Any]:
+        row = await self._one(task)
+        report_row(self.progress, row["status"], tokens=row["prompt_tokens"] + row["completion_tokens"],
+                   cost_usd=row["cost_usd"])
+        return row
 
     async def _one(self, task: dict[str, Any]) -> dict[str, Any]:
         from sefl_ray.llm.client import EndpointCallFailed

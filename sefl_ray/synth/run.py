@@ -29,6 +29,7 @@ from sefl_ray.data.records import RECORD_SCHEMA, iter_record_tables, read_record
 from sefl_ray.errors import ConfigError
 from sefl_ray.llm.endpoint import check_api_keys
 from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
+from sefl_ray.progress import report_row, track_progress
 from sefl_ray.synth.prompts import PROMPT_VERSION
 from sefl_ray.synth.sources import load_sources
 
@@ -72,7 +73,8 @@ def run_synth(config: SeflConfig) -> Path:
         needed = {plan["source_id"] for plan in todo}
         texts = ray.put({s["source_id"]: s["source_text"] for s in sources if s["source_id"] in needed})
         try:
-            _write_records(config, todo, records_dir, fingerprint, limiter, budget, texts)
+            with track_progress("synth", len(todo), config.progress_interval_s) as progress:
+                _write_records(config, todo, records_dir, fingerprint, limiter, budget, texts, progress)
             skipped = ray.get(budget.skipped.remote()) if budget is not None else 0
         finally:  # the run's helper actors end with it, also in a long-lived Ray session
             for actor in (budget, limiter):
@@ -120,7 +122,7 @@ def plan_conversations(
     return plans
 
 
-def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, budget, texts) -> None:
+def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, budget, texts, progress) -> None:
     synth = config.synth
     calls_per_actor = max(1, math.ceil(synth.concurrency / (synth.num_actors * synth.batch_size)))
     per_actor = calls_per_actor * synth.batch_size
@@ -135,7 +137,7 @@ def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, b
     records = dataset.map_batches(
         ConversationWorker,
         fn_constructor_kwargs={"config_json": config.model_dump_json(), "fingerprint": fingerprint,
-                               "limiter": limiter, "budget": budget, "texts": [texts]},
+                               "limiter": limiter, "budget": budget, "texts": [texts], "progress": progress},
         batch_size=synth.batch_size,
         batch_format="pyarrow",
         # a second block waits at each actor, so a finished one is replaced at once rather than on the
@@ -153,8 +155,9 @@ def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, b
 class ConversationWorker:
     """A Ray Data actor: runs each batch's conversations concurrently on its own event loop."""
 
-    def __init__(self, config_json: str, fingerprint: str, limiter, budget, texts: list):
+    def __init__(self, config_json: str, fingerprint: str, limiter, budget, texts: list, progress=None):
         self.config = SeflConfig.model_validate_json(config_json)
+        self.progress = progress
         self.texts: dict[str, str] = ray.get(texts[0])  # in a list: Ray resolves only top-level references
         self.fingerprint = fingerprint
         self.limiter, self.budget = limiter, budget
@@ -173,6 +176,7 @@ class ConversationWorker:
         from sefl_ray.synth.conversation import ConversationSettings, run_conversation
 
         if self.budget is not None and not await self.budget.try_start.remote():
+            report_row(self.progress, "skipped")
             return None
         synth = self.config.synth
         settings = ConversationSettings(
@@ -185,6 +189,8 @@ class ConversationWorker:
         cost = sum(u["cost_usd"] or 0.0 for u in record["usage"])
         if self.budget is not None:
             await self.budget.charge.remote(tokens, cost)
+        priced = all(u["cost_usd"] is not None for u in record["usage"])
+        report_row(self.progress, record["status"], tokens, cost if priced else None)
         return record
 
     def _clients_for(self, plan):

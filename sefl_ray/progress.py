@@ -1,0 +1,141 @@
+"""Progress that moves: items done, failed and total, tokens, cost and an ETA for synth, infer and judge.
+
+Ray Data counts blocks, and a small run is one block, so its own bar sits at "0/1" until the end. Here each worker
+tells a tiny counter actor about every row as it finishes (fire and forget, no round trip), and the driver reads the
+counter every `interval_s`: a tqdm bar on a terminal, one log line per interval elsewhere (a Ray job's log, CI).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Counts:
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # rows a budget stopped before they started: finished, without output
+    tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0  # finished rows that made a call without a known price
+
+
+@ray.remote(num_cpus=0)
+class ProgressCounter:
+    """The run's tally, added to by every worker."""
+
+    def __init__(self):
+        self.counts = Counts()
+
+    def add(self, status: str, tokens: int, cost_usd: float | None) -> None:
+        self.counts.done += 1
+        self.counts.failed += status == "failed"
+        self.counts.skipped += status == "skipped"
+        self.counts.tokens += tokens
+        if cost_usd is None:
+            self.counts.unpriced += 1
+        else:
+            self.counts.cost_usd += cost_usd
+
+    def snapshot(self) -> Counts:
+        return self.counts
+
+
+def report_row(counter: Any, status: str, tokens: int = 0, cost_usd: float | None = 0.0) -> None:
+    """Called by a worker for each finished row (`status`: ok, failed or skipped); never waits and never fails
+    the row. `cost_usd` None: the row's calls have no known price."""
+    if counter is None:
+        return
+    try:
+        counter.add.remote("ok" if status == "ok" else status if status == "skipped" else "failed", tokens, cost_usd)
+    except Exception:  # a counter that is gone (the driver ended) costs the row nothing
+        logger.debug("progress counter unreachable", exc_info=True)
+
+
+def format_line(label: str, counts: Counts, total: int, elapsed_s: float) -> str:
+    rate = counts.done / elapsed_s if elapsed_s > 0 else 0.0
+    eta = (total - counts.done) / rate if rate > 0 else None
+    cost = f"${counts.cost_usd:.4f}" + (f" (+{counts.unpriced} unpriced)" if counts.unpriced else "")
+    skipped = f", {counts.skipped} skipped by budget" if counts.skipped else ""
+    return (f"{label}: {counts.done}/{total} done, {counts.failed} failed{skipped}, {counts.tokens} tokens, {cost}, "
+            f"{rate:.2f}/s, elapsed {_clock(elapsed_s)}, ETA {_clock(eta) if eta is not None else '?'}")
+
+
+@contextlib.contextmanager
+def track_progress(label: str, total: int, interval_s: float = 5.0) -> Iterator[Any]:
+    """Yields the counter handle to pass to the workers; shows progress until the block ends, then a last line.
+
+    Ray Data's own block bars are switched off meanwhile: one progress display, the one that counts rows."""
+    from ray.data import DataContext
+
+    counter = ProgressCounter.remote()
+    context = DataContext.get_current()
+    bars = context.enable_progress_bars
+    context.enable_progress_bars = False
+    started = time.monotonic()
+    stop = threading.Event()
+    display = _Display(label, total, sys.stderr.isatty())
+    thread = threading.Thread(target=_poll, args=(counter, display, started, stop, interval_s), daemon=True)
+    thread.start()
+    try:
+        yield counter
+    finally:
+        stop.set()
+        thread.join()
+        display.show(_snapshot(counter), time.monotonic() - started, final=True)
+        context.enable_progress_bars = bars
+        ray.kill(counter)
+
+
+def _poll(counter: Any, display: _Display, started: float, stop: threading.Event, interval_s: float) -> None:
+    while not stop.wait(interval_s):
+        display.show(_snapshot(counter), time.monotonic() - started)
+
+
+def _snapshot(counter: Any) -> Counts | None:
+    try:
+        return ray.get(counter.snapshot.remote(), timeout=10)
+    except Exception:  # a slow or lost counter must not stop the stage: the last counts stay on show
+        logger.debug("progress counter did not answer", exc_info=True)
+        return None
+
+
+class _Display:
+    """A tqdm bar on a terminal, log lines elsewhere."""
+
+    def __init__(self, label: str, total: int, terminal: bool):
+        self.label, self.total = label, total
+        self.last = Counts()
+        self.bar = None
+        if terminal:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit="row", dynamic_ncols=True)
+
+    def show(self, counts: Counts | None, elapsed_s: float, final: bool = False) -> None:
+        counts = self.last = counts or self.last
+        if self.bar is None:
+            logger.info(format_line(self.label, counts, self.total, elapsed_s))
+            return
+        self.bar.update(counts.done - self.bar.n)
+        self.bar.set_postfix(failed=counts.failed, tokens=counts.tokens, usd=round(counts.cost_usd, 4),
+                             refresh=False)
+        self.bar.refresh()
+        if final:
+            self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
