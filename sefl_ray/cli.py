@@ -76,12 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run_dir", help="run dir, e.g. runs/local")
     agreement = stages.add_parser(
-        "agreement", help="agreement statistics of judges and humans on ratings in long form",
+        "agreement", help="agreement statistics of judges and humans on ratings in long form; judge calibration",
         description="Cohen's kappa per rater pair, Fleiss' kappa and Krippendorff's alpha over the humans, each "
-        "judge against the human majority, position bias and win rates, with seeded 95 % bootstrap CIs.",
+        "judge against the human majority, position bias and win rates, with seeded 95 % bootstrap CIs; and the "
+        "judges' calibration against humans: the human ceiling (leave-one-out, as AlpacaEval scores annotators), "
+        "each judge's leave-one-out agreement, accuracy on unanimous and split items, first-position and "
+        "prefers-longer rates, per system pair. A judge under kappa 0.4 is flagged, one under 0 as inverted or "
+        "broken.",
     )
     agreement.add_argument("ratings", nargs="+", help="CSV, JSONL or parquet files: item_id, rater, rater_kind, "
-                           "choice (A/B/tie) or score [, dimension, system_a, system_b]")
+                           "choice (A/B/tie) or score [, dimension, system_a, system_b, length_a, length_b, "
+                           "order (shown/both)]")
     agreement.add_argument("--out", required=True, help="folder that receives agreement.json")
     agreement.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     agreement.add_argument("--seed", type=int, default=0)

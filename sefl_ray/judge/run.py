@@ -79,7 +79,7 @@ def run_judge(config: SeflConfig, *, rescore: bool = False) -> Path:
 
     summary = summarize_judgments(judgments, systems, n_bootstrap=settings.n_bootstrap, seed=config.seed)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    pq.write_table(pa.Table.from_pylist(judgments_to_ratings(judgments)), out_dir / "ratings.parquet")
+    pq.write_table(pa.Table.from_pylist(judgments_to_ratings(judgments, systems)), out_dir / "ratings.parquet")
     if settings.human_ratings:
         from sefl_ray.judge.agreement import run_agreement
 
