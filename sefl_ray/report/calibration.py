@@ -115,7 +115,7 @@ def _pairs_section(dimension: str, pairwise: list[dict[str, Any]]) -> dict[str, 
 
 def _agreement_plot(bars: list[tuple[str, float, float | None, float | None]], ceiling: float | None) -> bytes:
     """LOO agreement of each human and judge with its CI, the ceiling as a line."""
-    fig = plots._figure(6, 0.6 + 0.4 * len(bars))
+    fig = plots.figure(6, 0.6 + 0.4 * len(bars))
     ax = fig.subplots()
     values = [value for _, value, _, _ in bars]
     errors = [[value - (low if low is not None else value) for _, value, low, _ in bars],
@@ -127,12 +127,12 @@ def _agreement_plot(bars: list[tuple[str, float, float | None, float | None]], c
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("leave-one-out agreement with the other humans' mode")
-    return plots._png(fig)
+    return plots.png(fig)
 
 
 def _bias_plot(bias: list[dict[str, Any]]) -> bytes:
     """First-position rate and P(prefers longer) per rater, with CIs, against 0.5."""
-    fig = plots._figure(1.5 + 0.8 * len(bias), 3)
+    fig = plots.figure(1.5 + 0.8 * len(bias), 3)
     ax = fig.subplots()
     for offset, key, label in ((-0.2, "first_position", "first position"), (0.2, "prefers_longer", "prefers longer")):
         shares = [entry[key] for entry in bias]
@@ -146,7 +146,7 @@ def _bias_plot(bias: list[dict[str, Any]]) -> bytes:
     ax.set_xticks(range(len(bias)), [entry["rater"] for entry in bias], rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-    return plots._png(fig)
+    return plots.png(fig)
 
 
 def _accuracy(block: dict[str, Any]) -> str:

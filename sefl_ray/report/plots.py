@@ -11,13 +11,13 @@ import math
 from typing import Any
 
 
-def _figure(width: float, height: float):
+def figure(width: float, height: float):
     from matplotlib.figure import Figure
 
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _png(fig) -> bytes:
+def png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
@@ -25,7 +25,7 @@ def _png(fig) -> bytes:
 
 def counts_bars(labels: list[str], series: dict[str, list[float]], *, ylabel: str) -> bytes:
     """Grouped bars: one group per label, one bar per series (e.g. mistakes sampled vs written per kind)."""
-    fig = _figure(max(5.0, 0.9 * len(labels) + 2), 3.2)
+    fig = figure(max(5.0, 0.9 * len(labels) + 2), 3.2)
     ax = fig.subplots()
     width = 0.8 / max(1, len(series))
     for index, (name, values) in enumerate(series.items()):
@@ -33,25 +33,25 @@ def counts_bars(labels: list[str], series: dict[str, list[float]], *, ylabel: st
     ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, rotation=20)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def length_histograms(lengths: dict[str, list[int]], *, xlabel: str = "characters") -> bytes:
     """One histogram panel per text (assignment, answer, feedback)."""
     names = [name for name, values in lengths.items() if values] or list(lengths)
-    fig = _figure(3.2 * max(1, len(names)), 2.6)
+    fig = figure(3.2 * max(1, len(names)), 2.6)
     axes = fig.subplots(1, max(1, len(names)), squeeze=False)[0]
     for ax, name in zip(axes, names):
         ax.hist(lengths[name] or [0], bins=min(20, max(1, len(lengths[name]))), color="#4c72b0")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel)
     axes[0].set_ylabel("records")
-    return _png(fig)
+    return png(fig)
 
 
 def overlaid_histograms(lengths: dict[str, list[int]], *, xlabel: str) -> bytes:
     """Histograms of several systems on one axis (base vs tuned feedback lengths)."""
-    fig = _figure(6, 3)
+    fig = figure(6, 3)
     ax = fig.subplots()
     values = [v for series in lengths.values() for v in series] or [0]
     bins = min(20, max(2, len(set(values))))
@@ -61,7 +61,7 @@ def overlaid_histograms(lengths: dict[str, list[int]], *, xlabel: str) -> bytes:
     ax.set_xlabel(xlabel)
     ax.set_ylabel("items")
     ax.legend(fontsize=8)
-    return _png(fig)
+    return png(fig)
 
 
 def training_curves(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) -> bytes:
@@ -71,7 +71,7 @@ def training_curves(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) ->
         panels.append(("mfu", "MFU"))
     columns = len(panels) if len(panels) <= 3 else 2
     rows = math.ceil(len(panels) / columns)
-    fig = _figure(4 * columns, 3 * rows)
+    fig = figure(4 * columns, 3 * rows)
     axes = fig.subplots(rows, columns, squeeze=False).flatten()
     for ax, (key, title) in zip(axes, panels):
         points = [(r["step"], r[key]) for r in steps if r.get(key) is not None]
@@ -84,11 +84,11 @@ def training_curves(steps: list[dict[str, Any]], evals: list[dict[str, Any]]) ->
         ax.set_xlabel("step")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    return _png(fig)
+    return png(fig)
 
 
 def win_rates(rates: list[dict]) -> bytes:
-    fig = _figure(7, 0.5 + 0.45 * len(rates))
+    fig = figure(7, 0.5 + 0.45 * len(rates))
     ax = fig.subplots()
     labels = [f"{r['judge']}: {r['system_a']} vs {r['system_b']}" for r in rates]
     values = [r["win_rate_a"] for r in rates]
@@ -98,11 +98,11 @@ def win_rates(rates: list[dict]) -> bytes:
     ax.axvline(0.5, color="grey", linestyle="--")
     ax.set_xlim(0, 1)
     ax.set_xlabel("win rate of system A (ties = ½)")
-    return _png(fig)
+    return png(fig)
 
 
 def position(position_stats: list[dict]) -> bytes:
-    fig = _figure(6, 3)
+    fig = figure(6, 3)
     ax = fig.subplots()
     judges = [p["judge"] for p in position_stats]
     xs = range(len(judges))
@@ -111,11 +111,11 @@ def position(position_stats: list[dict]) -> bytes:
     ax.set_xticks(list(xs), judges)
     ax.set_ylim(0, 1)
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def win_rate_by_length(rates: list[dict]) -> bytes:
-    fig = _figure(6, 3.5)
+    fig = figure(6, 3.5)
     ax = fig.subplots()
     for r in rates:
         ax.scatter(r["mean_length_diff_chars"], r["win_rate_a"], label=f"{r['judge']}: {r['system_a']}")
@@ -123,11 +123,11 @@ def win_rate_by_length(rates: list[dict]) -> bytes:
     ax.set_xlabel("mean length difference A − B (characters)")
     ax.set_ylabel("win rate A")
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def rubric(rubric_means: list[dict]) -> bytes:
-    fig = _figure(8, 3.5)
+    fig = figure(8, 3.5)
     ax = fig.subplots()
     series = sorted({(r["judge"], r["system"]) for r in rubric_means})
     dimensions = sorted({r["dimension"] for r in rubric_means})
@@ -139,7 +139,7 @@ def rubric(rubric_means: list[dict]) -> bytes:
     ax.set_xticks([d + 0.4 - width / 2 for d in range(len(dimensions))], dimensions, rotation=30)
     ax.set_ylim(0, 5)
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png(fig)
 
 
 def kappa_heatmap(pairwise: list[dict]) -> bytes:
@@ -149,10 +149,10 @@ def kappa_heatmap(pairwise: list[dict]) -> bytes:
     for p in pairwise:
         value = p["cohen_kappa"] if p["cohen_kappa"] is not None else float("nan")
         grid[index[p["rater_a"]]][index[p["rater_b"]]] = grid[index[p["rater_b"]]][index[p["rater_a"]]] = value
-    fig = _figure(1.2 + 0.6 * len(raters), 1 + 0.5 * len(raters))
+    fig = figure(1.2 + 0.6 * len(raters), 1 + 0.5 * len(raters))
     ax = fig.subplots()
     image = ax.imshow(grid, vmin=-1, vmax=1, cmap="RdBu")
     ax.set_xticks(range(len(raters)), raters, rotation=45, ha="right")
     ax.set_yticks(range(len(raters)), raters)
     fig.colorbar(image, ax=ax, label="Cohen's κ")
-    return _png(fig)
+    return png(fig)
