@@ -104,6 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
         "endpoints", parents=[with_config], help="check the config's endpoints: keys set, servers answering",
         description="Check each endpoint of the config: its API key variable is set and one tiny call succeeds.",
     )
+    annotate = stages.add_parser(
+        "annotate", help="blind human rating study: create it, serve the web app, export or import ratings",
+        description="A blind A/B rating study of two or more systems' feedback by people: `create` builds it from "
+        "the run's infer outputs (personal links, admin link), `serve` runs the web app (127.0.0.1), `export` "
+        "writes the ratings in the long form `sefl-ray agreement` reads plus preference pairs, `import` reads "
+        "SEFL-style spreadsheets into that long form.",
+    )
+    annotate_actions = annotate.add_subparsers(dest="annotate_action", metavar="ACTION", required=True)
+    annotate_actions.add_parser("create", parents=[with_config], help="create the study and print the links")
+    annotate_actions.add_parser("serve", parents=[with_config], help="serve the rating app (annotate.host/port)")
+    annotate_export = annotate_actions.add_parser(
+        "export", parents=[with_config], help="ratings (long form), preference pairs and every answer, unblinded")
+    annotate_export.add_argument("--out", help="folder for the files; default: STUDY_DIR/export")
+    annotate_import = annotate_actions.add_parser(
+        "import", help="SEFL-style spreadsheets (one CSV per annotator + a key CSV) -> long-form ratings",
+        description="Read one CSV per annotator (Appendix_assignment, Assignment, Sense, Model A, Model B, "
+        "Preferred, Comments) and a key CSV (Assignment, A, B) and write OUT/ratings.jsonl in the long form "
+        "`sefl-ray agreement` reads; the rater is each file's name without .csv.")
+    annotate_import.add_argument("annotator_csvs", nargs="+", help="one CSV per annotator")
+    annotate_import.add_argument("--key", required=True, help="key CSV: Assignment, A, B (system behind each side)")
+    annotate_import.add_argument("--out", required=True, help="folder that receives ratings.jsonl")
     models = stages.add_parser("models", help="embedded models: prepare them offline as HF folders")
     models_commands = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
     prepare = models_commands.add_parser(
@@ -161,6 +182,12 @@ def _dispatch(args: argparse.Namespace) -> None:
         print(run_agreement(args.ratings, args.out, n_bootstrap=args.bootstrap, seed=args.seed))
         return
 
+    if args.command == "annotate" and args.annotate_action == "import":
+        from sefl_ray.annotate.sefl_import import import_sefl
+
+        print(import_sefl(args.key, args.annotator_csvs, args.out))
+        return
+
     if args.command == "merge":
         from sefl_ray.train.merge import merge_run
 
@@ -197,10 +224,27 @@ def _dispatch(args: argparse.Namespace) -> None:
         from sefl_ray.infer.run import run_infer
 
         print(run_infer(config))
+    elif args.command == "annotate":
+        _dispatch_annotate(args.annotate_action, config, args)
     elif args.command == "endpoints":
         from sefl_ray.llm.check import run_endpoint_check
 
         print(run_endpoint_check(config))
+
+
+def _dispatch_annotate(action: str, config, args: argparse.Namespace) -> None:
+    if action == "create":
+        from sefl_ray.annotate.study import create_study, format_links
+
+        print(format_links(create_study(config)))
+    elif action == "serve":
+        from sefl_ray.annotate.server import serve_study
+
+        serve_study(config)
+    elif action == "export":
+        from sefl_ray.annotate.export import export_study
+
+        print(export_study(config, args.out))
 
 
 def _warn_if_outputs_land_in_a_job_copy(run_dir: str) -> None:

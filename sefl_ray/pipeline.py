@@ -71,6 +71,15 @@ def run_infer_stage(config: SeflConfig) -> list[Path]:
     for name, model in (("base", config.train.model), ("tuned", str(merged))):
         infer = config.infer.model_copy(update={"name": name, "model": model, "mode": "local"})
         outputs.append(run_infer(config.model_copy(update={"infer": infer})))
+    if config.annotate.enabled:
+        # The human study reads these outputs; it is not an artifact of infer (it outlives re-runs of infer, and a
+        # study with answers is never replaced), so `sefl-ray annotate create CONFIG` also makes it any time.
+        from sefl_ray.annotate.study import StudyHasAnswers, create_study, format_links
+
+        try:
+            logger.info("annotate: the study's links (also in its links.txt):\n%s", format_links(create_study(config)))
+        except StudyHasAnswers as exc:  # the new outputs are kept; the study people are rating is not touched
+            logger.warning("%s", exc)
     return outputs
 
 

@@ -141,6 +141,18 @@ class Scale(NamedTuple):
 def run_agreement(paths: list[str | Path], out_dir: str | Path, *, n_bootstrap: int = 1000, seed: int = 0) -> Path:
     """Agreement between every rater in `paths` (and of each judge with the human majority), written to
     `out_dir/agreement.json`; returns that path."""
+    report = agreement_report(paths, n_bootstrap=n_bootstrap, seed=seed)
+    out_path = Path(out_dir) / "agreement.json"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    logger.info("agreement of %d raters over %d ratings written to %s", len(report["raters"]), report["n_ratings"],
+                out_path)
+    return out_path
+
+
+def agreement_report(paths: list[str | Path], *, n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The report `run_agreement` writes (the shape above), without writing it: the annotation study's admin view
+    computes its live agreement with this same code."""
     if n_bootstrap < 0:
         raise ConfigError(f"n_bootstrap must be 0 (no intervals) or more, got {n_bootstrap}")
     ratings, rating_type = read_ratings(list(paths))
@@ -171,11 +183,7 @@ def run_agreement(paths: list[str | Path], out_dir: str | Path, *, n_bootstrap: 
         "flags": flags,
         "dimensions": dimensions,
     }
-    out_path = Path(out_dir) / "agreement.json"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    logger.info("agreement of %d raters over %d ratings written to %s", len(raters), len(ratings), out_path)
-    return out_path
+    return report
 
 
 def _dimension_report(ratings: list[Rating], rating_type: str, all_raters: list[str], kinds: dict[str, str],

@@ -80,13 +80,25 @@ def run_judge(config: SeflConfig, *, rescore: bool = False) -> Path:
     summary = summarize_judgments(judgments, systems, n_bootstrap=settings.n_bootstrap, seed=config.seed)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
     pq.write_table(pa.Table.from_pylist(judgments_to_ratings(judgments, systems)), out_dir / "ratings.parquet")
-    if settings.human_ratings:
+    human_ratings = human_ratings_paths(config)
+    if human_ratings:
         from sefl_ray.judge.agreement import run_agreement
 
-        run_agreement([out_dir / "ratings.parquet", *settings.human_ratings], out_dir / "agreement",
+        run_agreement([out_dir / "ratings.parquet", *human_ratings], out_dir / "agreement",
                       n_bootstrap=settings.n_bootstrap, seed=config.seed)
     logger.info("judge: %d ok, %d failed -> %s", summary["calls"]["ok"], summary["calls"]["failed"], out_dir)
     return out_dir
+
+
+def human_ratings_paths(config: SeflConfig) -> list[str | Path]:
+    """`judge.human_ratings`, or else the ratings `sefl-ray annotate export` wrote for this run, when there are."""
+    if config.judge.human_ratings:
+        return list(config.judge.human_ratings)
+    exported = config.annotate.exported_ratings_path(config.run_dir)
+    if exported.is_file() and exported.stat().st_size:
+        logger.info("judge: judge.human_ratings is empty; agreement uses the annotation study's export %s", exported)
+        return [exported]
+    return []
 
 
 def load_system_outputs(settings: JudgeConfig, run_dir: Path) -> dict[str, dict[str, dict[str, str]]]:
