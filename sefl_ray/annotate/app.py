@@ -212,6 +212,10 @@ def build_app(store: Store, *, admin_bootstrap: int = 200, seed: int = 0) -> Fas
         report, reason = live_agreement(store, n_bootstrap=admin_bootstrap, seed=seed)
         return JSONResponse(report if report is not None else {"report": None, "reason": reason})
 
+    @app.get("/favicon.ico")
+    def favicon() -> Response:  # browsers ask for one; no icon, and no 404 in the console
+        return Response(status_code=204)
+
     @app.get("/healthz", response_class=PlainTextResponse)
     def health() -> str:
         return "ok"

@@ -58,8 +58,10 @@ CREATE TABLE IF NOT EXISTS answers (
 CREATE INDEX IF NOT EXISTS answers_by_slot ON answers (slot_id, question, revision);
 CREATE INDEX IF NOT EXISTS answers_by_annotator ON answers (annotator);
 """
-_CURRENT = """SELECT a.* FROM answers a JOIN (SELECT slot_id, question, MAX(revision) AS revision FROM answers
-    GROUP BY slot_id, question) latest USING (slot_id, question, revision)"""
+# The current answer of each (slot, question) is its highest revision; the correlated subquery reads the index
+# answers_by_slot, so a page costs the same with 100 answers in the table or 100 000.
+_CURRENT = """SELECT a.* FROM answers a WHERE a.revision = (SELECT MAX(b.revision) FROM answers b
+    WHERE b.slot_id = a.slot_id AND b.question = a.question)"""
 
 
 class StaleRevision(Exception):
@@ -213,7 +215,7 @@ class Store:
 
     def slot_answers(self, slot_id: str) -> dict[str, dict[str, Any]]:
         """{question: {"value", "revision"}} of one slot, current revisions only."""
-        rows = self.db.execute(f"{_CURRENT} WHERE a.slot_id = ?", (slot_id,))
+        rows = self.db.execute(f"{_CURRENT} AND a.slot_id = ?", (slot_id,))
         return {row["question"]: {"value": row["value"], "revision": row["revision"]} for row in rows}
 
     def current_answers(self) -> list[sqlite3.Row]:
@@ -229,7 +231,7 @@ class Store:
     def answered_questions(self, annotator: str) -> dict[int, set[str]]:
         """{position: questions answered} of one annotator (current answers, non-empty values)."""
         answered: dict[int, set[str]] = {}
-        for row in self.db.execute(f"{_CURRENT} WHERE a.annotator = ? AND a.value != ''", (annotator,)):
+        for row in self.db.execute(f"{_CURRENT} AND a.annotator = ? AND a.value != ''", (annotator,)):
             answered.setdefault(row["position"], set()).add(row["question"])
         return answered
 
