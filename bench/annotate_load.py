@@ -155,7 +155,8 @@ def state_of(html: str) -> dict:
 def latency_row(name: str, latencies: list[float], seconds: float) -> dict:
     values = np.array(latencies) * 1000
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"request": name, "n": len(values), "per_s": len(values) / seconds, "p50_ms": float(p50), "p95_ms": float(p95),
+    return {"request": name, "n": len(values), "per_s": len(values) / seconds, "p50_ms": float(p50),
+            "p95_ms": float(p95),
             "p99_ms": float(p99), "max_ms": float(values.max()), "p95_goal_ms": GOAL_P95_S * 1000,
             "met": bool(p95 <= GOAL_P95_S * 1000)}
 

@@ -118,7 +118,8 @@ def test_run_dir_or_files_by_path(tmp_path):
     store = Store(create_study(config).db_path)
     assert len(store.items()) == 3
     item = store.items()[0]  # no test set here: the assignment and answer are read back from the prompt
-    assert item["assignment"].startswith("Explain") and item["submission"].startswith("The moon") and not item["passage"]
+    assert item["assignment"].startswith("Explain") and item["submission"].startswith("The moon")
+    assert not item["passage"]
     store.close()
 
 
@@ -126,7 +127,8 @@ def test_run_dir_or_files_by_path(tmp_path):
 
 def test_nothing_an_annotator_receives_names_a_system_or_an_item_id(study):
     store, base = study["store"], study["base"]
-    secrets_ = [*SYSTEMS, *(item["item_id"] for item in store.items()), *(item["source_item"] for item in store.items())]
+    secrets_ = [*SYSTEMS, *(item["item_id"] for item in store.items()),
+                *(item["source_item"] for item in store.items())]
     seen = []
     for name, token in study["tokens"].items():
         session = requests.Session()
@@ -294,7 +296,8 @@ def reference_labels(ratings: list[dict], dimension: str) -> dict[tuple[str, str
             continue
         first = reference.setdefault(row["item_id"], (row["system_a"], row["system_b"]))
         swap = (row["system_a"], row["system_b"]) != first
-        labels[(row["rater"], row["item_id"])] = {"A": "B", "B": "A"}.get(row["choice"], "tie") if swap else row["choice"]
+        swapped = {"A": "B", "B": "A"}.get(row["choice"], "tie")
+        labels[(row["rater"], row["item_id"])] = swapped if swap else row["choice"]
     return labels
 
 
@@ -365,10 +368,12 @@ def test_admin_view_shows_progress_self_consistency_gold_and_the_agreement_repor
             for slot in slots_of(store, name):
                 item = store.item(slot["item_id"])
                 # ann always prefers TUNED (consistent on repeats, right on gold); bea goes by the shown side: A
-                system = TUNED if name == "ann" else (item["system_a"] if slot["shown_order"] == "AB" else item["system_b"])
+                shown_a = item["system_a"] if slot["shown_order"] == "AB" else item["system_b"]
+                system = TUNED if name == "ann" else shown_a
                 answer_by_system(base, tokens[name], store, slot, "overall", system)
         admin = token_of(created.admin_link)
-        progress = {row["annotator"]: row for row in requests.get(f"{base}/admin/{admin}/progress.json", timeout=10).json()}
+        rows = requests.get(f"{base}/admin/{admin}/progress.json", timeout=10).json()
+        progress = {row["annotator"]: row for row in rows}
         live = requests.get(f"{base}/admin/{admin}/agreement.json", timeout=30).json()
         page = requests.get(f"{base}/admin/{admin}/", timeout=30).text
         exported = export_study(config)
@@ -626,7 +631,8 @@ def test_two_annotators_rate_in_chromium_by_mouse_and_keyboard_and_agreement_get
     config_path.write_text(json.dumps(config.model_dump(mode="json")))
     assert main(["annotate", "export", str(config_path)]) == 0
     out = Path(capsys.readouterr().out.strip())
-    assert main(["agreement", str(out / "ratings.jsonl"), "--out", str(tmp_path / "agreement"), "--bootstrap", "0"]) == 0
+    assert main(["agreement", str(out / "ratings.jsonl"), "--out", str(tmp_path / "agreement"),
+                 "--bootstrap", "0"]) == 0
     report = json.loads((tmp_path / "agreement" / "agreement.json").read_text())
     ratings = [json.loads(line) for line in (out / "ratings.jsonl").read_text().splitlines()]
     for dimension in CRITERIA:
@@ -642,4 +648,25 @@ def test_two_annotators_rate_in_chromium_by_mouse_and_keyboard_and_agreement_get
             row = chosen[(name, f"q{index:03d}")]
             got = "tie" if row["choice"] == "tie" else row["system_a" if row["choice"] == "A" else "system_b"]
             assert got == system, (name, index)
+    store.close()
+
+
+def test_the_optional_rubric_asks_1_to_5_per_side_and_exports_scores_by_system(tmp_path):
+    config = study_config(tmp_path / "run", "annotate.rubric=true", n_items=2)
+    created = create_study(config)
+    store = Store(created.db_path)
+    token = token_of(created.annotator_links["ann"])
+    slot = slots_of(store, "ann")[0]
+    with app_in_thread(store, port=free_port()) as base:
+        page = requests.get(f"{base}/a/{token}/1", timeout=10).text
+        assert page.count('data-kind="score"') == 14 and "Feedback A, no giveaway: 1 = writes out" in page
+        saved = post(base, token, slot=slot["slot_id"], question="rubric_tone_a", value="4", revision=0)
+        refused = post(base, token, slot=slot["slot_id"], question="rubric_tone_b", value="6", revision=0)
+        assert (saved.status_code, refused.status_code) == (200, 422)
+    out = export_study(config)
+    (score,) = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    item = store.item(slot["item_id"])
+    shown_a = item["system_a"] if slot["shown_order"] == "AB" else item["system_b"]
+    assert score == {"item_id": f"{item['source_item']}::{shown_a}", "rater": "ann", "rater_kind": "human",
+                     "dimension": "tone", "score": 4}
     store.close()

@@ -11,4 +11,5 @@ ratings feed `sefl-ray agreement` beside the LLM judges.
     export.py    `annotate export`: the long form `agreement` reads, preference pairs, the raw answers
     quality.py   self-consistency on repeated items, accuracy on gold items, live agreement for the admin
     sefl_import.py `annotate import`: SEFL-style spreadsheets (one CSV per annotator + a key) -> long form
+    synthetic.py a synthetic run to rate (tests, bench/annotate_load.py, trying the app without a run)
 """

@@ -46,14 +46,17 @@ def item_page(*, base: str, slot_id: str, position: int, total: int, complete_ot
     {passage}
   </section>
   <section class="pair">
-    <article class="feedback" id="feedback-a"><h2>Feedback A</h2><div class="text">{escape(item["feedback_a"])}</div></article>
-    <article class="feedback" id="feedback-b"><h2>Feedback B</h2><div class="text">{escape(item["feedback_b"])}</div></article>
+    <article class="feedback" id="feedback-a"><h2>Feedback A</h2>
+      <div class="text">{escape(item["feedback_a"])}</div></article>
+    <article class="feedback" id="feedback-b"><h2>Feedback B</h2>
+      <div class="text">{escape(item["feedback_b"])}</div></article>
   </section>
   <form id="questions" action="#" autocomplete="off">
 {fieldsets}
   </form>
-  <p class="help">Keys: <kbd>a</kbd> A better, <kbd>b</kbd> B better, <kbd>t</kbd> tie, <kbd>y</kbd>/<kbd>n</kbd> yes/no,
-    <kbd>1</kbd>&ndash;<kbd>5</kbd> scores; <kbd>&uarr;</kbd>/<kbd>&darr;</kbd> question, <kbd>&larr;</kbd>/<kbd>&rarr;</kbd> item,
+  <p class="help">Keys: <kbd>a</kbd> A better, <kbd>b</kbd> B better, <kbd>t</kbd> tie,
+    <kbd>y</kbd>/<kbd>n</kbd> yes/no, <kbd>1</kbd>&ndash;<kbd>5</kbd> scores;
+    <kbd>&uarr;</kbd>/<kbd>&darr;</kbd> question, <kbd>&larr;</kbd>/<kbd>&rarr;</kbd> item,
     <kbd>c</kbd> comment (<kbd>Esc</kbd> leaves it). Every answer is saved as you give it.</p>
 </main>"""
     return _page(f"Item {position} of {total}", body, state)
@@ -132,7 +135,8 @@ def _page(title: str, body: str, state: dict[str, Any] | None) -> str:
     data = ""
     if state is not None:
         payload = json.dumps(state).replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-        data = f'<script type="application/json" id="state">{payload}</script>\n<script src="/static/annotate.js"></script>'
+        data = (f'<script type="application/json" id="state">{payload}</script>\n'
+                '<script src="/static/annotate.js"></script>')
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)}</title><link rel="stylesheet" href="/static/annotate.css"></head>
@@ -212,7 +216,10 @@ JS = r"""
   function render(name) {
     var f = field(name);
     f.classList.toggle("answered", answered(name));
-    if (f.dataset.kind === "text") { if (document.activeElement !== comment) comment.value = shown[name] || ""; return; }
+    if (f.dataset.kind === "text") {
+      if (document.activeElement !== comment) comment.value = shown[name] || "";
+      return;
+    }
     f.querySelectorAll("button[data-value]").forEach(function (b) {
       b.setAttribute("aria-pressed", String(shown[name] === b.dataset.value));
     });
@@ -240,7 +247,10 @@ JS = r"""
           }
           say("Not saved: " + data.detail, "error");
         });
-      }, function () { failed = true; say("Not saved: no connection to the server. Answer again when it is back.", "error"); });
+      }, function () {
+        failed = true;
+        say("Not saved: no connection to the server. Answer again when it is back.", "error");
+      });
   }
 
   function save(name, value) {
