@@ -21,16 +21,16 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(BIN)/sefl-ray pipeline jobs/local.yaml
 
-# The report's browser test drives Debian's chromium through Playwright (Playwright's own browser download is not
-# used). As root (CI) install it when missing; otherwise say loudly that the browser test will skip.
+# The browser tests (the report, the annotation app) drive Debian's chromium through Playwright (Playwright's own
+# browser download is not used). As root (CI) install it when missing; otherwise say loudly that they will skip.
 browser:
 	@if command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-		echo "installing Debian's chromium for the report's browser test"; \
+		echo "installing Debian's chromium for the browser tests"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 	else \
 		echo "!!! chromium is missing and cannot be installed here (needs root and apt-get):" \
-		     "the report's browser test will SKIP (under CI=true it FAILS)"; \
+		     "the browser tests will SKIP (under CI=true they FAIL)"; \
 	fi
 
 test: $(STAMP) browser

@@ -76,13 +76,17 @@ def format_line(label: str, counts: Counts, total: int, elapsed_s: float) -> str
 def track_progress(label: str, total: int, interval_s: float = 5.0) -> Iterator[Any]:
     """Yields the counter handle to pass to the workers; shows progress until the block ends, then a last line.
 
-    Ray Data's own block bars are switched off meanwhile: one progress display, the one that counts rows."""
+    Ray Data's own block bars are switched off meanwhile (for the datasets made inside the block: a dataset keeps
+    the context it was made with), so there is one progress display, the one that counts rows."""
     from ray.data import DataContext
 
     counter = ProgressCounter.remote()
     context = DataContext.get_current()
     bars = context.enable_progress_bars
     context.enable_progress_bars = False
+    ray_data_progress = logging.getLogger("ray.data._internal.progress")
+    ray_data_level = ray_data_progress.level
+    ray_data_progress.setLevel(logging.ERROR)  # no "Progress bars disabled. To enable, ..." for what we replace
     started = time.monotonic()
     stop = threading.Event()
     display = _Display(label, total, sys.stderr.isatty())
@@ -95,6 +99,7 @@ def track_progress(label: str, total: int, interval_s: float = 5.0) -> Iterator[
         thread.join()
         display.show(_snapshot(counter), time.monotonic() - started, final=True)
         context.enable_progress_bars = bars
+        ray_data_progress.setLevel(ray_data_level)
         ray.kill(counter)
 
 

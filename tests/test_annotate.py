@@ -23,6 +23,7 @@ from sefl_ray.annotate.study import StudyHasAnswers, create_study
 from sefl_ray.annotate.synthetic import write_synthetic_run
 from sefl_ray.cli import main
 from sefl_ray.config import load_config
+from sefl_ray.testing.browser import chromium_or_skip
 from sefl_ray.testing.ports import free_port
 
 SYSTEMS = ("sysname_alpha_base", "sysname_omega_tuned")  # distinctive: a grep for them finds nothing by chance
@@ -487,40 +488,6 @@ BEA_CHOICES = [TUNED, BASE, BASE, TUNED, TUNED, "tie", BASE, TUNED, TUNED, TUNED
 CRITERIA = ("accuracy", "actionability", "conciseness", "tone", "overall")
 
 
-def chromium_or_skip() -> str:
-    """The system Chromium, or a loud skip; under CI (CI=true) a missing browser fails the test instead."""
-    import os
-    import shutil
-    import warnings
-
-    missing = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing = "the `playwright` package is missing (it is in the test extra: pip install -e '.[test]')"
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        missing = "no `chromium` on PATH (Debian: apt-get install -y chromium; `make test` does it as root)"
-    if missing is None:
-        return chromium
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI: the annotation app's browser test cannot run: {missing}")
-    warnings.warn(f"BROWSER TEST SKIPPED: {missing}", stacklevel=2)
-    pytest.skip(f"BROWSER TEST SKIPPED: {missing}")
-
-
-def test_a_missing_browser_skips_loudly_but_fails_under_ci(monkeypatch):
-    import shutil
-
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.delenv("CI", raising=False)
-    with pytest.warns(UserWarning, match="BROWSER TEST SKIPPED: no `chromium`"), pytest.raises(pytest.skip.Exception):
-        chromium_or_skip()
-    monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI: the annotation app's browser test cannot run"):
-        chromium_or_skip()
-
-
 def source_index(page) -> int:
     """Which source item the page shows, read from the feedback text the test wrote ("... note 7 ...")."""
     import re
@@ -547,7 +514,7 @@ def layout(page) -> dict:
 
 
 def test_two_annotators_rate_in_chromium_by_mouse_and_keyboard_and_agreement_gets_their_kappa(tmp_path, capsys):
-    chromium = chromium_or_skip()
+    chromium = chromium_or_skip("the annotation app")
     from playwright.sync_api import sync_playwright
 
     feedback = {}

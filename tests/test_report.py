@@ -6,10 +6,8 @@ headless Chromium (no console errors, every image decoded, the script shown as t
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +18,7 @@ from sefl_ray.config import load_config
 from sefl_ray.errors import InputNotFoundError
 from sefl_ray.pipeline import run_pipeline
 from sefl_ray.report.run import run_report
+from sefl_ray.testing.browser import chromium_or_skip
 from sefl_ray.testing.loopback import LoopbackServer
 from sefl_ray.testing.schema_replies import grounded_schema_reply
 
@@ -106,36 +105,19 @@ def test_a_partial_run_keeps_every_heading_and_an_empty_dir_is_a_one_line_error(
     assert error.startswith("sefl-ray report: error: nothing to report") and "\n" not in error
 
 
-def chromium_or_skip() -> str:
-    """The system Chromium, or a loud skip; under CI (CI=true) a missing browser fails the test instead."""
-    missing = None
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing = "the `playwright` package is missing (it is in the test extra: pip install -e '.[test]')"
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        missing = "no `chromium` on PATH (Debian: apt-get install -y chromium; `make test` does it as root)"
-    if missing is None:
-        return chromium
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"CI: the report's browser test cannot run: {missing}")
-    warnings.warn(f"BROWSER TEST SKIPPED: {missing}", stacklevel=2)
-    pytest.skip(f"BROWSER TEST SKIPPED: {missing}")
-
-
 def test_a_missing_browser_skips_loudly_but_fails_under_ci(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.delenv("CI", raising=False)
-    with pytest.warns(UserWarning, match="BROWSER TEST SKIPPED: no `chromium`"), pytest.raises(pytest.skip.Exception):
-        chromium_or_skip()
+    with pytest.warns(UserWarning, match="BROWSER TEST SKIPPED .the report.: no `chromium`"), \
+            pytest.raises(pytest.skip.Exception):
+        chromium_or_skip("the report")
     monkeypatch.setenv("CI", "true")
-    with pytest.raises(pytest.fail.Exception, match="CI: the report's browser test cannot run"):
-        chromium_or_skip()
+    with pytest.raises(pytest.fail.Exception, match="CI: the browser test of the report cannot run"):
+        chromium_or_skip("the report")
 
 
 def test_report_opens_in_headless_chromium_without_errors_and_shows_a_planted_script_as_text(run_dir):
-    chromium = chromium_or_skip()
+    chromium = chromium_or_skip("the report")
     from playwright.sync_api import sync_playwright
 
     report = run_dir / "report" / "report.html"

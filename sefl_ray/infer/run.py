@@ -46,8 +46,8 @@ def run_infer(config: SeflConfig) -> Path:
     save_resolved_config(config, out_dir)
     init_ray(config.ray)
     started = time.monotonic()
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / settings.batch_size)))
     with track_progress(f"infer {settings.name}", len(items), config.progress_interval_s) as progress:
+        dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / settings.batch_size)))
         worker_kwargs = {"config_json": config.model_dump_json(), "progress": progress}
         if settings.mode == "local":
             outputs = dataset.map_batches(
