@@ -1,8 +1,8 @@
 """Progress that moves: items done, failed and total, tokens, cost and an ETA for synth, infer and judge.
 
 Ray Data counts blocks, and a small run is one block, so its own bar sits at "0/1" until the end. Here each worker
-tells a tiny counter actor about every row as it finishes (fire and forget, no round trip), and the driver reads the
-counter every `interval_s`: a tqdm bar on a terminal, one log line per interval elsewhere (a Ray job's log, CI).
+tallies its rows as they finish and sends the tally to a tiny counter actor about once a second (fire and forget,
+no round trip), and the driver reads the counter every `interval_s`: a tqdm bar on a terminal, one log line per interval elsewhere (a Ray job's log, CI).
 """
 
 from __future__ import annotations
@@ -38,29 +38,47 @@ class ProgressCounter:
     def __init__(self):
         self.counts = Counts()
 
-    def add(self, status: str, tokens: int, cost_usd: float | None) -> None:
-        self.counts.done += 1
-        self.counts.failed += status == "failed"
-        self.counts.skipped += status == "skipped"
-        self.counts.tokens += tokens
-        if cost_usd is None:
-            self.counts.unpriced += 1
-        else:
-            self.counts.cost_usd += cost_usd
+    def add(self, counts: Counts) -> None:
+        for field in ("done", "failed", "skipped", "tokens", "cost_usd", "unpriced"):
+            setattr(self.counts, field, getattr(self.counts, field) + getattr(counts, field))
 
     def snapshot(self) -> Counts:
         return self.counts
 
 
-def report_row(counter: Any, status: str, tokens: int = 0, cost_usd: float | None = 0.0) -> None:
-    """Called by a worker for each finished row (`status`: ok, failed or skipped); never waits and never fails
-    the row. `cost_usd` None: the row's calls have no known price."""
-    if counter is None:
-        return
-    try:
-        counter.add.remote("ok" if status == "ok" else status if status == "skipped" else "failed", tokens, cost_usd)
-    except Exception:  # a counter that is gone (the driver ended) costs the row nothing
-        logger.debug("progress counter unreachable", exc_info=True)
+class RowTally:
+    """A worker's side of the counter: rows are tallied here and sent at most once per `flush_s`, so thousands of
+    rows a second cost a few calls, not one each. A row that finishes after a quiet second is sent at once; rows
+    within a second of the last send wait for the next row or the end of their batch. Never waits, never fails a
+    row."""
+
+    def __init__(self, counter: Any, flush_s: float = 1.0):
+        self.counter, self.flush_s = counter, flush_s
+        self.pending = Counts()
+        self.last_flush = time.monotonic()
+
+    def add(self, status: str, tokens: int = 0, cost_usd: float | None = 0.0) -> None:
+        """One finished row (`status`: ok, failed or skipped); `cost_usd` None: its calls have no known price."""
+        self.pending.done += 1
+        self.pending.failed += status not in ("ok", "skipped")
+        self.pending.skipped += status == "skipped"
+        self.pending.tokens += tokens
+        if cost_usd is None:
+            self.pending.unpriced += 1
+        else:
+            self.pending.cost_usd += cost_usd
+        if time.monotonic() - self.last_flush >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if self.counter is None or not self.pending.done:
+            return
+        pending, self.pending = self.pending, Counts()
+        try:
+            self.counter.add.remote(pending)
+        except Exception:  # a counter that is gone (the driver ended) costs the rows nothing
+            logger.debug("progress counter unreachable", exc_info=True)
 
 
 def format_line(label: str, counts: Counts, total: int, elapsed_s: float) -> str:

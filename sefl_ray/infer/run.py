@@ -23,7 +23,7 @@ from sefl_ray.config import SeflConfig, log_resolved_config, save_resolved_confi
 from sefl_ray.data.sft import to_chat_messages
 from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
-from sefl_ray.progress import report_row, track_progress
+from sefl_ray.progress import RowTally, track_progress
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class LocalModelWorker:
         from sefl_ray.serve.engine import TransformersEngine
 
         self.settings = SeflConfig.model_validate_json(config_json).infer
-        self.progress = progress
+        self.progress = RowTally(progress)
         self.engine = TransformersEngine(self.settings.model)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -149,7 +149,8 @@ class LocalModelWorker:
                                       prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                                       latency_s=latency)
         for row in rows:  # the model's own compute: no price
-            report_row(self.progress, row["status"], row["prompt_tokens"] + row["completion_tokens"], 0.0)
+            self.progress.add(row["status"], row["prompt_tokens"] + row["completion_tokens"], 0.0)
+        self.progress.flush()
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
@@ -158,7 +159,7 @@ class EndpointWorker:
 
     def __init__(self, config_json: str, progress=None):
         self.config = SeflConfig.model_validate_json(config_json)
-        self.progress = progress
+        self.progress = RowTally(progress)
         self._client = None
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -174,13 +175,14 @@ class EndpointWorker:
                 result = await self._client.chat(json.loads(item["messages"]), max_tokens=settings.max_new_tokens,
                                                  temperature=settings.temperature, seed=0)
             except EndpointCallFailed as failure:
-                report_row(self.progress, "failed", 0, failure.record.cost_usd)
+                self.progress.add("failed", 0, failure.record.cost_usd)
                 return _output_row(item, model, status="failed", error=failure.record.error,
                                    latency_s=failure.record.latency_s)
             record = result.record
-            report_row(self.progress, "ok", record.prompt_tokens + record.completion_tokens, record.cost_usd)
+            self.progress.add("ok", record.prompt_tokens + record.completion_tokens, record.cost_usd)
             return _output_row(item, model, feedback=result.text, prompt_tokens=record.prompt_tokens,
                                completion_tokens=record.completion_tokens, latency_s=record.latency_s)
 
         rows = await asyncio.gather(*(one(item) for item in batch.to_pylist()))
+        self.progress.flush()
         return pa.Table.from_pylist(list(rows), schema=OUTPUT_SCHEMA)

@@ -33,7 +33,7 @@ from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.judge.prompts import pairwise_prompts, parse_choice, parse_scores, rubric_prompt
 from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
-from sefl_ray.progress import report_row, track_progress
+from sefl_ray.progress import RowTally, track_progress
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class JudgeWorker:
 
     def __init__(self, config_json: str, limiter, progress=None):
         self.config = SeflConfig.model_validate_json(config_json)
-        self.limiter, self.progress = limiter, progress
+        self.limiter, self.progress = limiter, RowTally(progress)
         self._clients = None
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
@@ -196,11 +196,12 @@ class JudgeWorker:
                                                   limiter=self.limiter, cache=cache)
                              for name in self.config.judge.judges}
         rows = await asyncio.gather(*(self._counted(task) for task in batch.to_pylist()))
+        self.progress.flush()
         return pa.Table.from_pylist(list(rows), schema=JUDGMENT_SCHEMA)
 
     async def _counted(self, task: dict[str, Any]) -> dict[str, Any]:
         row = await self._one(task)
-        report_row(self.progress, row["status"], tokens=row["prompt_tokens"] + row["completion_tokens"],
+        self.progress.add(row["status"], tokens=row["prompt_tokens"] + row["completion_tokens"],
                    cost_usd=row["cost_usd"])
         return row
 

@@ -29,7 +29,7 @@ from sefl_ray.data.records import RECORD_SCHEMA, iter_record_tables, read_record
 from sefl_ray.errors import ConfigError
 from sefl_ray.llm.endpoint import check_api_keys
 from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
-from sefl_ray.progress import report_row, track_progress
+from sefl_ray.progress import RowTally, track_progress
 from sefl_ray.synth.prompts import PROMPT_VERSION
 from sefl_ray.synth.sources import load_sources
 
@@ -157,7 +157,7 @@ class ConversationWorker:
 
     def __init__(self, config_json: str, fingerprint: str, limiter, budget, texts: list, progress=None):
         self.config = SeflConfig.model_validate_json(config_json)
-        self.progress = progress
+        self.progress = RowTally(progress)
         self.texts: dict[str, str] = ray.get(texts[0])  # in a list: Ray resolves only top-level references
         self.fingerprint = fingerprint
         self.limiter, self.budget = limiter, budget
@@ -170,13 +170,14 @@ class ConversationWorker:
 
         plans = [ConversationPlan(source_text=self.texts[row["source_id"]], **row) for row in batch.to_pylist()]
         results = await asyncio.gather(*(self._one(plan, *self._clients_for(plan)) for plan in plans))
+        self.progress.flush()
         return pa.Table.from_pylist([r for r in results if r is not None], schema=RECORD_SCHEMA)
 
     async def _one(self, plan, teacher, student) -> dict[str, Any] | None:
         from sefl_ray.synth.conversation import ConversationSettings, run_conversation
 
         if self.budget is not None and not await self.budget.try_start.remote():
-            report_row(self.progress, "skipped")
+            self.progress.add("skipped")
             return None
         synth = self.config.synth
         settings = ConversationSettings(
@@ -190,7 +191,7 @@ class ConversationWorker:
         if self.budget is not None:
             await self.budget.charge.remote(tokens, cost)
         priced = all(u["cost_usd"] is not None for u in record["usage"])
-        report_row(self.progress, record["status"], tokens, cost if priced else None)
+        self.progress.add(record["status"], tokens, cost if priced else None)
         return record
 
     def _clients_for(self, plan):
