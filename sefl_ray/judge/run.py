@@ -46,7 +46,7 @@ JUDGMENT_SCHEMA = pa.schema([
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
     ("cached", pa.bool_()), ("latency_s", pa.float64()), ("finished_at", pa.float64()),
 ])
-BATCH_SIZE = 16
+BATCH_SIZE = 8  # calls gathered per Ray Data batch: a batch holds its slots until its slowest call ends
 
 
 def judge_dir(config: SeflConfig) -> Path:
