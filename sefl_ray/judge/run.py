@@ -201,8 +201,7 @@ class JudgeWorker:
 
     async def _counted(self, task: dict[str, Any]) -> dict[str, Any]:
         row = await self._one(task)
-        self.progress.add(row["status"], tokens=row["prompt_tokens"] + row["completion_tokens"],
-                   cost_usd=row["cost_usd"])
+        self.progress.add(row["status"], row["prompt_tokens"] + row["completion_tokens"], row["cost_usd"])
         return row
 
     async def _one(self, task: dict[str, Any]) -> dict[str, Any]:
