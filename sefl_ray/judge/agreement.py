@@ -54,7 +54,9 @@ Decisions:
 - Confidence intervals: 95 % percentile bootstrap over the items the statistic uses. For each statistic a fresh
   `numpy.random.default_rng(seed)` draws resample after resample of n item indices (`rng.integers(0, n, n)`), so
   a number is reproducible on its own, whatever else is computed. Resamples where the statistic is undefined are
-  skipped; `n_resamples` counts the ones used, and the interval is `null` when none is left.
+  skipped; `n_resamples` counts the ones used, and the interval is `null` when none is left. The bootstrap, the
+  majority, the win tally and the first-position rate are `sefl_ray.judge.statistics`', shared with the judge
+  summary.
 - Quadratic weights use the distance between scores: the categories are every whole number from the lowest to the
   highest score seen in the dimension, so a 1 vs 5 disagreement weighs 16 even if nobody gave a 3.
 - Fleiss' kappa uses only items every human rated (it needs a full table) and is nominal even for scores;
@@ -100,27 +102,20 @@ import warnings
 from collections import Counter, defaultdict
 from itertools import combinations
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from sefl_ray.errors import ConfigError
 from sefl_ray.judge.ratings import CHOICES, Rating, aligned_choices, read_ratings
+from sefl_ray.judge.statistics import (CI_LEVEL, Bootstrap, bootstrap_ci, first_position, majority_vote, mean_ci,
+                                       share, win_tally)
 
 logger = logging.getLogger(__name__)
 
-CI_LEVEL = 0.95
 KAPPA_FLAG = 0.4  # a judge below this kappa against the human majority is flagged
-_RESAMPLES_PER_CHUNK = 256
 _NO_FIRST_POSITION = ("every verdict of this rater combines both presentation orders (order: both), so it has no "
                       "first position")
-
-
-class Bootstrap(NamedTuple):
-    """How confidence intervals are drawn: `n` resamples from a generator seeded with `seed`."""
-
-    n: int
-    seed: int
 
 
 class Scale(NamedTuple):
@@ -246,11 +241,10 @@ def _vs_majority_report(humans: list[str], judges: list[str], labels: dict[str, 
         truth = np.array([majority[item] for item in items], dtype=np.int64)
         kappa = _kappa_estimate(judged, truth, scale, bootstrap,
                                 no_items="the judge rated no item that has a human majority")
-        hits = (judged == truth).astype(float)
-        accuracy_low, accuracy_high, _ = _bootstrap_ci(lambda resamples: hits[resamples].mean(axis=1),
-                                                       len(items), bootstrap)
+        hits = judged == truth
+        accuracy_low, accuracy_high = mean_ci(hits.astype(float), bootstrap)
         entries.append({"rater": judge, "n": len(items), "cohen_kappa": kappa["value"], "ci_low": kappa["ci_low"],
-                        "ci_high": kappa["ci_high"], "accuracy": float(hits.mean()) if items else None,
+                        "ci_high": kappa["ci_high"], "accuracy": share(hits),
                         "accuracy_ci_low": accuracy_low, "accuracy_ci_high": accuracy_high,
                         "n_resamples": kappa["n_resamples"], "reason": kappa["reason"]})
     return {"n_items": len(majority), "excluded_tied": tied, "excluded_single_human": single, "reason": reason,
@@ -268,19 +262,11 @@ def _human_majority(humans: list[str], labels: dict[str, dict[str, int]]) -> tup
     for item, codes in by_item.items():
         if len(codes) < 2:
             single += 1
-        elif (top := _unique_mode(codes)) is None:
+        elif (top := majority_vote(codes)) is None:
             tied += 1
         else:
             majority[item] = top
     return majority, tied, single
-
-
-def _unique_mode(codes: list[int]) -> int | None:
-    """The most frequent code, or None when there is none or two or more codes share the top count."""
-    ranked = Counter(codes).most_common(2)
-    if not ranked or (len(ranked) == 2 and ranked[0][1] == ranked[1][1]):
-        return None
-    return ranked[0][0]
 
 
 def _kappa_estimate(codes_a: np.ndarray, codes_b: np.ndarray, scale: Scale, bootstrap: Bootstrap, *,
@@ -295,8 +281,8 @@ def _kappa_estimate(codes_a: np.ndarray, codes_b: np.ndarray, scale: Scale, boot
         with np.errstate(divide="ignore", invalid="ignore"):  # older scikit-learn divides 0 by 0 into NaN
             value = cohen_kappa_score(codes_a, codes_b, labels=list(range(n_categories)),
                                       weights=scale.kappa_weights)
-    low, high, used = _bootstrap_ci(lambda resamples: _kappa_batch(codes_a, codes_b, scale, resamples),
-                                    len(codes_a), bootstrap)
+    low, high, used = bootstrap_ci(lambda resamples: _kappa_batch(codes_a, codes_b, scale, resamples),
+                                   len(codes_a), bootstrap)
     return _estimate(value, low, high, used, "undefined: both raters gave one and the same category throughout "
                                              "(expected agreement is 1)")
 
@@ -336,8 +322,8 @@ def _fleiss_report(humans: list[str], labels: dict[str, dict[str, int]], scale: 
             with np.errstate(divide="ignore", invalid="ignore"):
                 return float(fleiss_kappa(rows, method="fleiss"))
 
-        low, high, used = _bootstrap_ci(lambda resamples: [fleiss(table[rows]) for rows in resamples],
-                                        len(items), bootstrap)
+        low, high, used = bootstrap_ci(lambda resamples: [fleiss(table[rows]) for rows in resamples],
+                                       len(items), bootstrap)
         estimate = _estimate(fleiss(table), low, high, used,
                              "undefined: every human gave the same category on every item (expected agreement is 1)")
     return {"raters": humans, "n": len(items), **estimate}
@@ -368,8 +354,8 @@ def _krippendorff_report(humans: list[str], labels: dict[str, dict[str, int]], s
                 return float(krippendorff.alpha(reliability_data=data, value_domain=domain,
                                                 level_of_measurement=scale.level))
 
-        low, high, used = _bootstrap_ci(lambda resamples: [alpha(matrix[:, columns]) for columns in resamples],
-                                        len(items), bootstrap)
+        low, high, used = bootstrap_ci(lambda resamples: [alpha(matrix[:, columns]) for columns in resamples],
+                                       len(items), bootstrap)
         estimate = _estimate(alpha(matrix), low, high, used, "undefined: no disagreement is expected by chance")
     return {"raters": humans, "n": len(items), "n_values": n_values, "level": scale.level, **estimate}
 
@@ -377,37 +363,38 @@ def _krippendorff_report(humans: list[str], labels: dict[str, dict[str, int]], s
 # ---- Position bias and win rates (pairwise choices) ----
 
 def _position_report(ratings: list[Rating], raters: list[str], kinds: dict[str, str]) -> list[dict[str, Any]]:
-    shown = {rater: Counter() for rater in raters}
+    shown: dict[str, list[str]] = {rater: [] for rater in raters}
     for rating in ratings:
         if rating.order == "shown":
-            shown[rating.rater][rating.value] += 1
+            shown[rating.rater].append(rating.value)
     entries = []
     for rater in raters:
-        non_tie = shown[rater]["A"] + shown[rater]["B"]
+        position = first_position(shown[rater])
+        non_tie = len(position["picked_first"])
         reason = None if non_tie else _NO_FIRST_POSITION if not shown[rater] else "every choice of this rater is a tie"
-        entries.append({"rater": rater, "kind": kinds[rater], "n_non_tie": non_tie, "n_ties": shown[rater]["tie"],
-                        "value": shown[rater]["A"] / non_tie if non_tie else None, "reason": reason})
+        entries.append({"rater": rater, "kind": kinds[rater], "n_non_tie": non_tie, "n_ties": position["n_ties"],
+                        "value": position["rate"], "reason": reason})
     return entries
 
 
 def _win_rate_report(ratings: list[Rating], raters: list[str], kinds: dict[str, str]) -> list[dict[str, Any]]:
-    tallies: dict[tuple[str, tuple[str, str]], Counter] = defaultdict(Counter)  # (rater, systems) -> winner counts
+    winners: dict[tuple[str, tuple[str, str]], list[str]] = defaultdict(list)  # (rater, systems) -> winners
     for rating in ratings:
         if rating.systems is None:
             continue
         winner = {"A": rating.systems[0], "B": rating.systems[1], "tie": "tie"}[rating.value]
-        tallies[(rating.rater, tuple(sorted(rating.systems)))][winner] += 1
+        winners[(rating.rater, tuple(sorted(rating.systems)))].append(winner)
     entries = []
     for rater in raters:
-        for (tallied, systems), wins in sorted(tallies.items()):
+        for (tallied, systems), mine in sorted(winners.items()):
             if tallied != rater:
                 continue
-            n = sum(wins.values())
-            by_system = [{"system": system, "wins": wins[system], "losses": wins[other], "ties": wins["tie"],
-                          "win_rate": (wins[system] + wins["tie"] / 2) / n}
-                         for system, other in (systems, systems[::-1])]
-            entries.append({"rater": rater, "kind": kinds[rater], "systems": list(systems), "n": n,
-                            "ties": wins["tie"], "by_system": by_system})
+            tally = win_tally(mine, *systems)
+            by_system = [{"system": system, "wins": tally[f"wins_{side}"], "losses": tally[f"wins_{other}"],
+                          "ties": tally["ties"], "win_rate": tally[f"win_rate_{side}"]}
+                         for system, side, other in ((systems[0], "a", "b"), (systems[1], "b", "a"))]
+            entries.append({"rater": rater, "kind": kinds[rater], "systems": list(systems), "n": tally["n"],
+                            "ties": tally["ties"], "by_system": by_system})
     return entries
 
 
@@ -477,7 +464,7 @@ def _leave_one_out_modes(humans: list[str], labels: dict[str, dict[str, int]]) -
     for human in humans:
         others = [other for other in humans if other != human]
         modes[human] = {item: mode for item in labels[human]
-                        if (mode := _unique_mode([labels[other][item] for other in others if item in labels[other]]))
+                        if (mode := majority_vote(labels[other][item] for other in others if item in labels[other]))
                         is not None}
     return modes
 
@@ -503,37 +490,36 @@ def _loo_agreement(comparisons: list[tuple[dict[str, int], dict[str, int]]], boo
         return np.nanmean(shares, axis=0)  # every item belongs to some comparison, so one is always defined
 
     value = float(mean_agreement(np.arange(len(items))[None, :])[0])
-    low, high, _ = _bootstrap_ci(mean_agreement, len(items), bootstrap)
+    low, high, _ = bootstrap_ci(mean_agreement, len(items), bootstrap)
     return {"n": len(items), "value": value, "ci_low": low, "ci_high": high}
 
 
 def _accuracy(hits: list[bool], bootstrap: Bootstrap, no_items: str) -> dict[str, Any]:
-    share = _share(hits, bootstrap, no_items)
-    return {"n": share["n"], "accuracy": share["value"], "ci_low": share["ci_low"], "ci_high": share["ci_high"],
-            "reason": share["reason"]}
+    estimate = _share_estimate(hits, bootstrap, no_items)
+    return {"n": estimate["n"], "accuracy": estimate["value"], "ci_low": estimate["ci_low"],
+            "ci_high": estimate["ci_high"], "reason": estimate["reason"]}
 
 
-def _share(hits: list[bool], bootstrap: Bootstrap, no_items: str) -> dict[str, Any]:
+def _share_estimate(hits: list[bool], bootstrap: Bootstrap, no_items: str) -> dict[str, Any]:
     """The share of true `hits`, with a bootstrap interval; null with `no_items` as the reason when empty."""
     if not hits:
         return {"n": 0, "value": None, "ci_low": None, "ci_high": None, "reason": no_items}
-    values = np.array(hits, dtype=float)
-    low, high, _ = _bootstrap_ci(lambda resamples: values[resamples].mean(axis=1), len(values), bootstrap)
-    return {"n": len(values), "value": float(values.mean()), "ci_low": low, "ci_high": high, "reason": None}
+    low, high = mean_ci(np.array(hits, dtype=float), bootstrap)
+    return {"n": len(hits), "value": share(hits), "ci_low": low, "ci_high": high, "reason": None}
 
 
 def _bias_entry(rater: str, kind: str, ratings: list[Rating], bootstrap: Bootstrap) -> dict[str, Any]:
     """Position bias (share of first-shown choices) and length bias (share choosing the longer feedback)."""
     mine = [rating for rating in ratings if rating.rater == rater]
-    shown = [rating.value == "A" for rating in mine if rating.order == "shown" and rating.value != "tie"]
+    shown = first_position(rating.value for rating in mine if rating.order == "shown")["picked_first"]
     no_first = "every choice of this rater is a tie" if any(r.order == "shown" for r in mine) else _NO_FIRST_POSITION
     with_lengths = [rating for rating in mine if rating.lengths is not None]
     longer = [(rating.value == "A") == (rating.lengths[0] > rating.lengths[1]) for rating in with_lengths
               if rating.value != "tie" and rating.lengths[0] != rating.lengths[1]]
     no_longer = ("no non-tie choice of this rater is between feedback of different lengths" if with_lengths else
                  "no length_a/length_b given for this rater's ratings")
-    return {"rater": rater, "kind": kind, "first_position": _share(shown, bootstrap, no_first),
-            "prefers_longer": _share(longer, bootstrap, no_longer)}
+    return {"rater": rater, "kind": kind, "first_position": _share_estimate(shown, bootstrap, no_first),
+            "prefers_longer": _share_estimate(longer, bootstrap, no_longer)}
 
 
 def _system_pair_report(ratings: list[Rating], humans: list[str], judges: list[str],
@@ -578,27 +564,7 @@ def _flag(judge: str, kappa: dict[str, Any]) -> dict[str, Any]:
     return {"flag": None, "cohen_kappa": value, "message": None}
 
 
-# ---- Bootstrap and reporting helpers ----
-
-def _bootstrap_ci(statistic: Callable[[np.ndarray], Any], n: int,
-                  bootstrap: Bootstrap) -> tuple[float | None, float | None, int]:
-    """Percentile interval of `statistic` over `bootstrap.n` resamples of n item indices; `statistic` takes a
-    (resamples, n) index array and returns one value per row, NaN where undefined (those rows are skipped)."""
-    if n == 0 or bootstrap.n == 0:
-        return None, None, 0
-    rng = np.random.default_rng(bootstrap.seed)
-    values = []
-    for start in range(0, bootstrap.n, _RESAMPLES_PER_CHUNK):
-        resamples = rng.integers(0, n, size=(min(_RESAMPLES_PER_CHUNK, bootstrap.n - start), n))
-        values.append(np.asarray(statistic(resamples), dtype=float))
-    defined = np.concatenate(values)
-    defined = defined[np.isfinite(defined)]
-    if not defined.size:
-        return None, None, 0
-    tail = (1 - CI_LEVEL) / 2 * 100
-    low, high = np.percentile(defined, [tail, 100 - tail])
-    return float(low), float(high), int(defined.size)
-
+# ---- Reporting helpers ----
 
 def _estimate(value: float | None, ci_low: float | None, ci_high: float | None, n_resamples: int,
               undefined_reason: str) -> dict[str, Any]:

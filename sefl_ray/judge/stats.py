@@ -5,9 +5,12 @@ A pair judged in both orders counts as one verdict per (judge, item, criterion):
 the same system (or both say tie), otherwise a tie, as position-inconsistent. With the `sefl` preset an item's
 overall verdict is the majority of its criteria (a tie when they split evenly). The ensemble verdict is the
 majority of the judges' verdicts per item (a tie without a majority). Win rates count a tie as half a win and carry
-seeded 95 % percentile-bootstrap CIs over items. The length-controlled win rate follows AlpacaEval's idea: a
-logistic regression of the outcome on the (tanh-scaled) difference in feedback length, read off at zero
-difference, i.e. the win rate the first system would have if both wrote equally long feedback.
+seeded 95 % percentile-bootstrap CIs over items (none for a single item). The length-controlled win rate follows
+AlpacaEval's idea: a logistic regression of the outcome on the (tanh-scaled) difference in feedback length, read
+off at zero difference, i.e. the win rate the first system would have if both wrote equally long feedback.
+
+Majorities, win tallies, the first-position rate and the bootstrap are `sefl_ray.judge.statistics`', shared with
+the agreement report, so both count them the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
+
+from sefl_ray.judge.statistics import (Bootstrap, first_position, majority_vote, mean_ci, share, win_scores,
+                                       win_tally)
 
 ENSEMBLE = "ensemble"
 
@@ -59,7 +65,7 @@ def overall_verdicts(verdicts: dict[tuple, dict[str, Any]]) -> dict[tuple, str]:
     by_item: dict[tuple, list[str]] = defaultdict(list)
     for (judge, system_a, system_b, _, item), verdict in verdicts.items():
         by_item[(judge, system_a, system_b, item)].append(verdict["winner"])
-    return {key: _majority(winners) for key, winners in by_item.items()}
+    return {key: majority_vote(winners, split="tie") for key, winners in by_item.items()}
 
 
 def ensemble_verdicts(per_item: dict[tuple, str]) -> dict[tuple, str]:
@@ -69,21 +75,21 @@ def ensemble_verdicts(per_item: dict[tuple, str]) -> dict[tuple, str]:
     by_item: dict[tuple, list[str]] = defaultdict(list)
     for (judge, system_a, system_b, item), winner in per_item.items():
         by_item[(system_a, system_b, item)].append(winner)
-    return {(ENSEMBLE, *key): _majority(winners, strict=True) for key, winners in by_item.items()}
+    return {(ENSEMBLE, *key): majority_vote(winners, strict=True, split="tie") for key, winners in by_item.items()}
 
 
 def position_stats(pairwise: list[dict[str, Any]], verdicts: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
     """Per judge: how often both orders agree, and how often the first-shown feedback is chosen."""
     stats = []
     for judge in sorted({row["judge"] for row in pairwise}):
-        choices = [row["choice"] for row in pairwise if row["judge"] == judge and row["choice"] != "tie"]
+        shown = first_position(row["choice"] for row in pairwise if row["judge"] == judge)
         mine = [v for key, v in verdicts.items() if key[0] == judge]
         stats.append({
             "judge": judge,
             "verdicts": len(mine),
-            "position_consistency": _share(sum(v["consistent"] for v in mine), len(mine)),
-            "position_a_rate": _share(choices.count("A"), len(choices)),
-            "tie_rate": _share(sum(v["winner"] == "tie" for v in mine), len(mine)),
+            "position_consistency": share(v["consistent"] for v in mine),
+            "position_a_rate": shown["rate"],
+            "tie_rate": share(v["winner"] == "tie" for v in mine),
         })
     return stats
 
@@ -96,14 +102,16 @@ def win_rates(
     for (judge, system_a, system_b, item), winner in per_item.items():
         groups[(judge, system_a, system_b)].append((item, winner))
     for (judge, system_a, system_b), verdicts in sorted(groups.items()):
-        outcome = np.array([1.0 if w == system_a else 0.0 if w == system_b else 0.5 for _, w in verdicts])
+        winners = [winner for _, winner in verdicts]
+        outcome = win_scores(winners, system_a, system_b)
+        tally = win_tally(winners, system_a, system_b)
         length_diff = np.array([len(systems[system_a][item]["feedback"]) - len(systems[system_b][item]["feedback"])
                                 for item, _ in verdicts], dtype=float)
-        low, high = bootstrap_ci(outcome, np.mean, n_bootstrap=n_bootstrap, seed=seed)
+        low, high = _mean_ci(outcome, Bootstrap(n_bootstrap, seed))
         rows.append({
-            "judge": judge, "system_a": system_a, "system_b": system_b, "n": len(outcome),
-            "wins_a": int((outcome == 1).sum()), "wins_b": int((outcome == 0).sum()),
-            "ties": int((outcome == 0.5).sum()), "win_rate_a": float(outcome.mean()), "ci_low": low, "ci_high": high,
+            "judge": judge, "system_a": system_a, "system_b": system_b, "n": tally["n"],
+            "wins_a": tally["wins_a"], "wins_b": tally["wins_b"], "ties": tally["ties"],
+            "win_rate_a": tally["win_rate_a"], "ci_low": low, "ci_high": high,
             "length_controlled_win_rate_a": length_controlled_win_rate(outcome, length_diff),
             "mean_length_diff_chars": float(length_diff.mean()),
         })
@@ -111,13 +119,16 @@ def win_rates(
 
 
 def criterion_win_rates(verdicts: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
-    counts: dict[tuple, Counter] = defaultdict(Counter)
+    winners: dict[tuple, list[str]] = defaultdict(list)
     for (judge, system_a, system_b, criterion, _), verdict in verdicts.items():
-        side = "a" if verdict["winner"] == system_a else "b" if verdict["winner"] == system_b else "tie"
-        counts[(judge, system_a, system_b, criterion)][side] += 1
-    return [{"judge": j, "system_a": a, "system_b": b, "criterion": c, "wins_a": n["a"], "wins_b": n["b"],
-             "ties": n["tie"], "win_rate_a": (n["a"] + 0.5 * n["tie"]) / sum(n.values())}
-            for (j, a, b, c), n in sorted(counts.items())]
+        winners[(judge, system_a, system_b, criterion)].append(verdict["winner"])
+    rows = []
+    for (judge, system_a, system_b, criterion), mine in sorted(winners.items()):
+        tally = win_tally(mine, system_a, system_b)
+        rows.append({"judge": judge, "system_a": system_a, "system_b": system_b, "criterion": criterion,
+                     "wins_a": tally["wins_a"], "wins_b": tally["wins_b"], "ties": tally["ties"],
+                     "win_rate_a": tally["win_rate_a"]})
+    return rows
 
 
 def rubric_means(rubric: list[dict[str, Any]], *, n_bootstrap: int, seed: int) -> list[dict[str, Any]]:
@@ -128,7 +139,7 @@ def rubric_means(rubric: list[dict[str, Any]], *, n_bootstrap: int, seed: int) -
     rows = []
     for (judge, system, dimension), values in sorted(scores.items()):
         array = np.array(values, dtype=float)
-        low, high = bootstrap_ci(array, np.mean, n_bootstrap=n_bootstrap, seed=seed)
+        low, high = _mean_ci(array, Bootstrap(n_bootstrap, seed))
         rows.append({"judge": judge, "system": system, "dimension": dimension, "n": len(values),
                      "mean": float(array.mean()), "ci_low": low, "ci_high": high,
                      "histogram": {str(s): values.count(s) for s in range(1, 6)}})
@@ -165,13 +176,10 @@ def judgments_to_ratings(
             for row in ok if row["kind"] == "rubric" for dimension, score in json.loads(row["scores"]).items()]
 
 
-def bootstrap_ci(values: np.ndarray, statistic, *, n_bootstrap: int, seed: int) -> tuple[float | None, float | None]:
-    if n_bootstrap == 0 or len(values) < 2:
-        return None, None
-    rng = np.random.default_rng(seed)
-    samples = [statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(n_bootstrap)]
-    low, high = np.percentile(samples, [2.5, 97.5])
-    return float(low), float(high)
+def _mean_ci(values: np.ndarray, bootstrap: Bootstrap) -> tuple[float | None, float | None]:
+    """The bootstrap interval of a mean, none for a single item: every resample of one item is that item, and a
+    zero-width interval would read as certainty."""
+    return mean_ci(values, bootstrap) if len(values) > 1 else (None, None)
 
 
 def length_controlled_win_rate(outcome: np.ndarray, length_diff: np.ndarray) -> float | None:
@@ -193,16 +201,6 @@ def length_controlled_win_rate(outcome: np.ndarray, length_diff: np.ndarray) -> 
     return float(1 / (1 + np.exp(-model.intercept_[0])))
 
 
-def _majority(winners: list[str], strict: bool = False) -> str:
-    """The most common winner; a tie when the top is shared (or, `strict`, when it is not more than half)."""
-    ranked = Counter(winners).most_common()
-    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
-        return "tie"
-    if strict and ranked[0][1] * 2 <= len(winners):
-        return "tie"
-    return ranked[0][0]
-
-
 def _call_totals(judgments: list[dict[str, Any]]) -> dict[str, Any]:
     ok = sum(row["status"] == "ok" for row in judgments)
     costs = [row["cost_usd"] for row in judgments if row.get("cost_usd") is not None]
@@ -211,8 +209,3 @@ def _call_totals(judgments: list[dict[str, Any]]) -> dict[str, Any]:
             "prompt_tokens": sum(row.get("prompt_tokens") or 0 for row in judgments),
             "completion_tokens": sum(row.get("completion_tokens") or 0 for row in judgments),
             "cost_usd": sum(costs) if costs else None}
-
-
-def _share(count: int, total: int) -> float | None:
-    return count / total if total else None
-
