@@ -1,5 +1,8 @@
 """`sefl-ray <stage> CONFIG [--set key=value ...]`: argument parsing only; each stage is a `run_<stage>` function.
 
+The stage commands come from the registry (`sefl_ray/stages.py`); the tools around them (pipeline, merge, report,
+agreement, push, endpoints, annotate, models) are listed here.
+
 Errors a user can cause (`SeflError`) print one line on stderr and exit 2; `--debug` shows the traceback instead.
 """
 
@@ -10,6 +13,7 @@ import logging
 import sys
 
 from sefl_ray.errors import SeflError
+from sefl_ray.stages import STAGES, get_stage
 
 EXIT_USER_ERROR = 2
 
@@ -38,23 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     from_or_only = pipeline.add_mutually_exclusive_group()
     from_or_only.add_argument("--from", dest="start", metavar="STAGE", help="re-run STAGE and every stage after it")
     from_or_only.add_argument("--only", metavar="STAGE", help="run STAGE alone (even if it is current)")
-    stages.add_parser(
-        "synth", parents=[with_config], help="synthesize teacher/student feedback conversations (resumable)",
-        description="Run teacher/student conversations on Ray Data; re-running resumes where the last run stopped.",
-    )
-    stages.add_parser(
-        "export", parents=[with_config], help="turn synthesized records into a SEFL-compatible HF DatasetDict",
-        description="Export ok records as a Hugging Face DatasetDict (train/valid) with SEFL's columns and a card.",
-    )
-    stages.add_parser(
-        "infer", parents=[with_config], help="generate feedback for a test set (local model actors or an endpoint)",
-        description="Batch inference on Ray Data: one output row per test row, failed rows kept with the reason.",
-    )
-    stages.add_parser(
-        "train", parents=[with_config], help="fine-tune a causal LM on the exported pairs with Ray Train (+ merge)",
-        description="Supervised fine-tuning with Ray Train (DDP, FSDP2 or DeepSpeed ZeRO; full or LoRA); running it "
-        "again resumes an interrupted run from its last checkpoint.",
-    )
+    for stage in STAGES:  # every stage with a command of its own: `sefl-ray <stage> CONFIG`
+        if stage.entry is None:
+            continue
+        command = stages.add_parser(stage.name, parents=[with_config], help=stage.help,
+                                    description=stage.description or stage.help)
+        for option, option_help in stage.options:
+            command.add_argument(f"--{option.replace('_', '-')}", dest=option, action="store_true", help=option_help)
     merge = stages.add_parser(
         "merge", help="turn a sharded training checkpoint into one Hugging Face model folder",
         description="Merge the last (or a named) checkpoint of a training run into RUN/train/merged "
@@ -63,13 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("run", help="run dir (e.g. runs/local) or a checkpoint folder")
     merge.add_argument("--checkpoint", help="checkpoint name (step_000040 or 40) or folder; default: the last one")
     merge.add_argument("--out", help="folder that receives merged/ (and adapter/); default: RUN/train")
-    judge = stages.add_parser(
-        "judge", parents=[with_config], help="LLM judges: pairwise (both orders) and rubric scores, win rates",
-        description="Judge every pair of systems on every shared item in both orders, and score each feedback on "
-        "the rubric, with every judge in judge.judges at once; calls are cached, so a re-run costs nothing.",
-    )
-    judge.add_argument("--rescore", action="store_true",
-                       help="re-parse the saved answers and rebuild the summary without calling any model")
     report = stages.add_parser(
         "report", help="one self-contained HTML report (and markdown) of a run's judgments and agreement",
         description="Write RUN_DIR/report/report.html (plots inlined, opens offline) and report.md.",
@@ -204,32 +191,15 @@ def _dispatch(args: argparse.Namespace) -> None:
         from sefl_ray.pipeline import run_pipeline
 
         print(run_pipeline(config, start=args.start, only=args.only))
-    elif args.command == "synth":
-        from sefl_ray.synth.run import run_synth
-
-        print(run_synth(config))
-    elif args.command == "export":
-        from sefl_ray.data.export import run_export_stage
-
-        print(run_export_stage(config))
-    elif args.command == "judge":
-        from sefl_ray.judge.run import run_judge
-
-        print(run_judge(config, rescore=args.rescore))
-    elif args.command == "train":
-        from sefl_ray.train.run import run_train
-
-        print(run_train(config))
-    elif args.command == "infer":
-        from sefl_ray.infer.run import run_infer
-
-        print(run_infer(config))
     elif args.command == "annotate":
         _dispatch_annotate(args.annotate_action, config, args)
     elif args.command == "endpoints":
         from sefl_ray.llm.check import run_endpoint_check
 
         print(run_endpoint_check(config))
+    else:
+        stage = get_stage(args.command)
+        print(stage.run(config, **{option: getattr(args, option) for option, _ in stage.options}))
 
 
 def _dispatch_annotate(action: str, config, args: argparse.Namespace) -> None:

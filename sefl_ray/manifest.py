@@ -2,7 +2,7 @@
 
 It is the pipeline's memory: a stage whose recorded fingerprint matches and whose outputs still exist is skipped.
 It is also the run's provenance for a reader: resolved config, package versions, git commit, and per stage its
-timing, rows, tokens, cost and artifact paths. It is rewritten after every stage, so an interrupted pipeline
+timing, rows, tokens, cost and artifact paths (the numbers come from each stage's `numbers` in the registry). It is rewritten after every stage, so an interrupted pipeline
 leaves an accurate record of what finished.
 """
 
@@ -20,15 +20,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sefl_ray.layout import RunLayout
+
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
 PACKAGES = ["sefl-ray", "ray", "torch", "transformers", "peft", "deepspeed", "autogen-agentchat", "autogen-ext",
             "datasets", "huggingface_hub", "openai", "pyarrow"]
 
 
 def manifest_path(run_dir: str | Path) -> Path:
-    return Path(run_dir) / MANIFEST_FILE
+    return RunLayout(run_dir).manifest
 
 
 def read_manifest(run_dir: str | Path) -> dict[str, Any]:
@@ -92,63 +93,3 @@ def git_commit() -> str | None:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def stage_numbers(name: str, run_dir: Path) -> dict[str, Any]:
-    """Rows, tokens and cost of a finished stage, read from the summary file the stage itself wrote."""
-    readers = {
-        "synth": _synth_numbers, "export": _export_numbers, "train": _train_numbers, "infer": _infer_numbers,
-        "judge": _judge_numbers,
-    }
-    reader = readers.get(name)
-    if reader is None:
-        return {}
-    try:
-        return reader(run_dir)
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}  # a stage that wrote no summary (or an older one) still gets its timing recorded
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def _usage_totals(usage: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Token and cost totals over synth's per-role usage; cost stays None when no endpoint has a price."""
-    entries = list(usage.values())
-    prompt = sum(entry.get("prompt_tokens") or 0 for entry in entries)
-    completion = sum(entry.get("completion_tokens") or 0 for entry in entries)
-    costs = [entry["cost_usd"] for entry in entries if entry.get("cost_usd") is not None]
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "tokens": prompt + completion,
-            "cost_usd": round(sum(costs), 6) if costs else None}
-
-
-def _synth_numbers(run_dir: Path) -> dict[str, Any]:
-    summary = _read_json(run_dir / "synth" / "summary.json")
-    return {"rows": summary["ok"] + summary["failed"], "ok": summary["ok"], "failed": summary["failed"],
-            **_usage_totals(summary.get("usage", {}))}
-
-
-def _export_numbers(run_dir: Path) -> dict[str, Any]:
-    summary = _read_json(run_dir / "export" / "export_summary.json")
-    return {"rows": summary["records"]["exported"], "splits": summary["splits"]}
-
-
-def _train_numbers(run_dir: Path) -> dict[str, Any]:
-    summary = _read_json(run_dir / "train" / "summary.json")
-    return {"rows": summary["data"]["train_examples"], "tokens": summary["data"]["train_tokens"],
-            "steps": summary["steps"], "final_eval_loss": summary.get("final_eval_loss")}
-
-
-def _infer_numbers(run_dir: Path) -> dict[str, Any]:
-    systems = {}
-    for summary_path in sorted((run_dir / "infer").glob("*/summary.json")):
-        summary = _read_json(summary_path)
-        systems[summary_path.parent.name] = {"rows": summary["rows"], "ok": summary["ok"], "failed": summary["failed"]}
-    return {"rows": sum(system["rows"] for system in systems.values()), "systems": systems}
-
-
-def _judge_numbers(run_dir: Path) -> dict[str, Any]:
-    calls = _read_json(run_dir / "judge" / "summary.json")["calls"]
-    return {"rows": calls["total"], "ok": calls["ok"], "failed": calls["failed"], "cached": calls["cached"],
-            "tokens": calls["prompt_tokens"] + calls["completion_tokens"], "cost_usd": calls["cost_usd"]}

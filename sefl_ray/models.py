@@ -217,3 +217,13 @@ def _embedded_names() -> str:
 def _looks_like_local_path(name_or_path: str) -> bool:
     """A Hub id is `name` or `owner/name`; anything absolute, relative-dotted, `~` or deeper is meant as a path."""
     return name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1
+
+
+def prepare_run_models(config) -> list[Path]:
+    """The pipeline's `models` stage: every embedded model the run names, converted once, so later stages start
+    offline."""
+    folders = []
+    for name in config.models.prepare:
+        folders.append(Path(resolve_model(name)))
+        logger.info("model %s -> %s", name, folders[-1])
+    return folders

@@ -450,19 +450,21 @@ def test_sefl_import_names_the_file_and_row_of_a_bad_answer(tmp_path, capsys):
 
 # ---- the pipeline and the judge stage ----
 
-def test_after_infer_the_pipeline_creates_the_study_and_logs_the_links(tmp_path, monkeypatch, caplog):
-    import sefl_ray.infer.run
-    from sefl_ray.pipeline import run_infer_stage
+def test_after_infer_the_pipeline_creates_the_study_and_logs_the_links(tmp_path, caplog):
+    from sefl_ray.pipeline import plan_stages
+    from sefl_ray.stages import get_stage, stage_fingerprints
 
     run = tmp_path / "run"
     context = write_synthetic_run(run, n_items=4, systems=("base", "tuned"))
-    monkeypatch.setattr(sefl_ray.infer.run, "run_infer",
-                        lambda config: run / "infer" / config.infer.name / "outputs.parquet")
     config = load_config(None, [f"run_dir={run}", "annotate.enabled=true", f"annotate.context={context}"])
+    off = load_config(None, [f"run_dir={run}", f"annotate.context={context}"])
+    assert plan_stages({"stages": {}}, stage_fingerprints(config), run, config=config)["annotate"] == "upstream runs"
+    assert plan_stages({"stages": {}}, stage_fingerprints(off), run, config=off)["annotate"] == "skip"
+    stage = get_stage("annotate")
+    assert stage.upstream == "infer"
     with caplog.at_level("INFO"):
-        outputs = run_infer_stage(config)
-    assert [path.parent.name for path in outputs] == ["base", "tuned"]
-    assert (run / "annotate" / "study.sqlite").exists()
+        artifact = stage.run(config, pipeline=True)
+    assert artifact == run / "annotate" / "study.sqlite" and artifact.exists()
     assert "annotator annotator3: http://127.0.0.1:8765/a/" in caplog.text and "admin: http" in caplog.text
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from sefl_ray.data.export import ExportConfig, export_summary, run_export
+from sefl_ray.export.dataset import ExportConfig, export_summary, run_export
 from sefl_ray.data.hub import push_folder
 from sefl_ray.data.records import RECORD_SCHEMA, record_id
 from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, to_chat_messages
@@ -187,8 +187,8 @@ def test_dataset_card_front_matter_and_numbers(exported):
     indices = [DUPLICATE, *range(1, N_OK), *range(100, 100 + N_FAILED)]
     teacher_prompt = sum(100 + i for i in indices)
     student_completion = sum(40 + i for i in indices)
-    assert f"| teacher | `{TEACHER}` | 32 | 16 | {teacher_prompt} | 800 | 0.0160 |" in card
-    assert f"| student | `{STUDENT}` | 16 | 0 | 1280 | {student_completion} | unknown |" in card
+    assert f"| teacher | `{TEACHER}` | 32 | 16 | {teacher_prompt} | 800 | $0.0160 |" in card
+    assert f"| student | `{STUDENT}` | 16 | 0 | 1280 | {student_completion} | unpriced |" in card
 
     summary = export_summary(exported)
     assert summary["splits"] == {"train": 10, "valid": 3}

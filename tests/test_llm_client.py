@@ -10,7 +10,7 @@ from sefl_ray.config import RetryConfig, save_resolved_config, load_config
 from sefl_ray.errors import MissingSecretError
 from sefl_ray.llm.client import EndpointCallFailed, EndpointClient
 from sefl_ray.llm.endpoint import EndpointConfig
-from sefl_ray.llm.usage import summarize_calls
+from sefl_ray.llm.usage import usage_of
 from sefl_ray.testing.loopback import LoopbackConfig
 
 FAST_RETRY = RetryConfig(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
@@ -74,8 +74,8 @@ def test_faults_at_20_percent_end_in_success_or_recorded_failure(loopback):
     unseen_possible = sum(1 for record in records for reason in record.errors_seen
                           if reason == "timeout" or reason.startswith("connection error"))
     assert attempts - unseen_possible <= loopback.count() <= attempts
-    totals = summarize_calls([r.record for r in ok] + [f.record for f in failed])["loop"]
-    assert totals["calls"] == 200 and totals["failed"] == len(failed)
+    totals = usage_of([r.record for r in ok] + [f.record for f in failed])
+    assert totals.calls == 200 and totals.failed == len(failed) and totals.unpriced_calls == 200
 
 
 def test_retry_after_is_honoured(loopback):

@@ -14,9 +14,16 @@ import pytest
 from sefl_ray.config import load_config
 from sefl_ray.errors import ConfigError
 from sefl_ray.manifest import read_manifest
-from sefl_ray.pipeline import STAGE_NAMES, UPSTREAM, plan_stages, run_pipeline, stage_fingerprints
+from sefl_ray.pipeline import plan_stages, run_pipeline
+from sefl_ray.stages import STAGES, stage_fingerprints, stage_names
 from sefl_ray.testing.loopback import LoopbackServer
 from sefl_ray.testing.schema_replies import grounded_schema_reply
+
+
+STAGE_NAMES = stage_names()
+UPSTREAM = {stage.name: stage.upstream for stage in STAGES if stage.upstream}
+# What `pipeline` runs on a config that leaves the human study off (annotate.enabled: false, the default)
+PIPELINE_NAMES = [name for name in STAGE_NAMES if name != "annotate"]
 
 
 def pipeline_config(run_dir: Path, base_url: str, model_dir: Path, *overrides: str):
@@ -44,7 +51,7 @@ def test_pipeline_runs_every_stage_once_and_reruns_only_what_changed(ray_session
         run_pipeline(config)
 
         manifest = read_manifest(run_dir)
-        assert list(manifest["stages"]) == STAGE_NAMES
+        assert list(manifest["stages"]) == PIPELINE_NAMES
         assert all(record["status"] == "done" for record in manifest["stages"].values()), manifest["stages"]
         for record in manifest["stages"].values():
             assert all((run_dir / path).exists() for path in record["artifacts"]), record
@@ -69,20 +76,24 @@ def test_pipeline_runs_every_stage_once_and_reruns_only_what_changed(ray_session
         changed = pipeline_config(run_dir, server.base_url, tiny_model_dir, "judge.mode=pairwise")
         run_pipeline(changed)
         after_change = run_ids(run_dir)
-        rerun = {name for name in STAGE_NAMES if after_change[name] != first[name]}
+        rerun = {name for name in PIPELINE_NAMES if after_change[name] != first[name]}
         assert rerun == {"judge", "report"}
         assert json.loads((run_dir / "judge" / "summary.json").read_text())["rubric"] == []
 
         run_pipeline(changed, only="export")
         after_only = run_ids(run_dir)
-        assert {name for name in STAGE_NAMES if after_only[name] != after_change[name]} == {"export"}
+        assert {name for name in PIPELINE_NAMES if after_only[name] != after_change[name]} == {"export"}
         # export re-ran under --only, so what reads it is stale now and the next plain run re-runs it.
-        plan = plan_stages(read_manifest(run_dir), stage_fingerprints(changed), run_dir)
+        plan = plan_stages(read_manifest(run_dir), stage_fingerprints(changed), run_dir, config=changed)
         assert [name for name in STAGE_NAMES if plan[name] != "skip"] == ["train", "infer", "judge", "report"]
         assert plan["train"] == "upstream re-ran"
 
-        # Fewer conversations than were synthesized: the export holds only the rows this config plans.
+        # Fewer conversations than were synthesized: synth (all 6 rows already ok, so no call) writes a plan of 6,
+        # and the export holds only the rows synth planned, not every record in the folder.
         fewer = pipeline_config(run_dir, server.base_url, tiny_model_dir, "synth.num_conversations=6")
+        calls_before = len(server.requests)
+        run_pipeline(fewer, only="synth")
+        assert len(server.requests) == calls_before
         run_pipeline(fewer, only="export")
         exported = json.loads((run_dir / "export" / "export_summary.json").read_text())["records"]
         assert exported["total"] == 6 and exported["exported"] == 6
@@ -144,4 +155,4 @@ def test_from_and_only_name_real_stages_and_force_them(tmp_path, caplog):
 def test_a_changed_field_makes_its_stage_and_the_later_ones_stale(tmp_path, override, stale):
     before = stage_fingerprints(local_config(tmp_path))
     after = stage_fingerprints(local_config(tmp_path, override))
-    assert {name for name in STAGE_NAMES if before[name] != after[name]} == stale
+    assert {name for name in PIPELINE_NAMES if before[name] != after[name]} == stale

@@ -382,7 +382,7 @@ def test_embedded_model_fine_tuned_on_64_synthesized_examples_lowers_held_out_lo
     ray_session, tmp_path, embedded_model_dir
 ):
     """synth (loopback teacher/student quoting their prompts) -> export -> a short full fine-tune of SmolLM2-135M."""
-    from sefl_ray.data.export import run_export_stage
+    from sefl_ray.export.run import run_export
     from sefl_ray.synth.run import run_synth
     from sefl_ray.testing.loopback import LoopbackServer
     from sefl_ray.testing.schema_replies import grounded_schema_reply
@@ -398,7 +398,7 @@ def test_embedded_model_fine_tuned_on_64_synthesized_examples_lowers_held_out_lo
             "train.checkpoint_every_steps=1000", "train.merge=false",
         ])
         run_synth(config)
-    run_export_stage(config)
+    run_export(config)
     assert datasets.load_from_disk(str(tmp_path / "export" / "hf")).num_rows == {"train": 48, "valid": 16}
     run_train(config)
     summary = json.loads((tmp_path / "train" / "summary.json").read_text())

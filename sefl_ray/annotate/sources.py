@@ -11,6 +11,7 @@ from typing import Any
 from sefl_ray.config import SeflConfig
 from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
+from sefl_ray.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +21,10 @@ _PROMPT = re.compile(r"^\s*### ASSIGNMENT:\s*\n(?P<assignment>.*?)\n\s*\n### ANS
 def load_feedback(config: SeflConfig) -> dict[str, dict[str, dict[str, Any]]]:
     """{system: {item_id: row}} of the ok rows with feedback; rows keep any context columns they carry."""
     settings = config.annotate
-    paths = [Path(p) for p in settings.inputs] or sorted((Path(config.run_dir) / "infer").glob("*/outputs.parquet"))
+    layout = RunLayout(config.run_dir)
+    paths = [Path(p) for p in settings.inputs] or layout.all_infer_outputs()
     if not paths:
-        raise InputNotFoundError(f"annotate: no system outputs in {Path(config.run_dir) / 'infer'} (run `sefl-ray "
+        raise InputNotFoundError(f"annotate: no system outputs in {layout.infer_dir} (run `sefl-ray "
                                  "infer` for each system, or list files in annotate.inputs)")
     systems: dict[str, dict[str, dict[str, Any]]] = {}
     for path in paths:
@@ -51,7 +53,7 @@ def load_feedback(config: SeflConfig) -> dict[str, dict[str, dict[str, Any]]]:
 def load_context(config: SeflConfig) -> dict[str, dict[str, str]]:
     """{item_id: {"assignment", "submission", "passage"}} from the test set, keyed as infer keys its rows."""
     settings = config.annotate
-    path = Path(settings.context or config.infer.input or Path(config.run_dir) / "export" / "hf")
+    path = Path(settings.context or config.infer.input or RunLayout(config.run_dir).export_hf)
     if not path.exists():
         if settings.context:
             raise InputNotFoundError(f"annotate.context: {path} does not exist")

@@ -22,6 +22,7 @@ from sefl_ray.annotate.store import Store, token_hash
 from sefl_ray.config import SeflConfig, config_fingerprint
 from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError
+from sefl_ray.layout import RunLayout
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _read_gold(path: str, systems: list[str], questions: set[str]) -> dict[str, 
 
 
 def _judge_ratings(config: SeflConfig) -> str:
-    path = config.annotate.judge_ratings or Path(config.run_dir) / "judge" / "ratings.parquet"
+    path = config.annotate.judge_ratings or RunLayout(config.run_dir).judge_ratings
     return str(Path(path).resolve())
 
 
@@ -162,3 +163,13 @@ def _read_links(db_path: Path, links_path: Path) -> Study:
         elif label == "admin":
             study.admin_link = link
     return study
+
+
+def run_annotate(config: SeflConfig) -> Path:
+    """The pipeline's `annotate` stage (when `annotate.enabled`): the study of the infer outputs, links logged.
+    A study people have begun to answer is never replaced: the new outputs are kept and the study stays."""
+    try:
+        logger.info("annotate: the study's links (also in its links.txt):\n%s", format_links(create_study(config)))
+    except StudyHasAnswers as exc:
+        logger.warning("%s", exc)
+    return config.annotate.resolved_db_path(config.run_dir)

@@ -11,9 +11,12 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from sefl_ray.llm.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +57,6 @@ RECORD_SCHEMA = pa.schema(
         ("finished_at", pa.float64()),              # unix time; the newest row of an id wins among equals
     ]
 )
-RECORD_COLUMNS = RECORD_SCHEMA.names
 
 
 def record_id(source_id: str, sample_index: int, config_fingerprint: str) -> str:
@@ -108,3 +110,9 @@ def _schema(columns: list[str] | None) -> pa.Schema:
         return RECORD_SCHEMA
     wanted = dict.fromkeys(["id", "status", "finished_at", *columns])
     return pa.schema([RECORD_SCHEMA.field(name) for name in wanted])
+
+
+def add_role_usage(usage: Usage, entry: dict[str, Any]) -> Usage:
+    """One record's `usage` entry (a role's calls in one conversation, all to one endpoint) into `usage`."""
+    return usage.add_calls(prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"],
+                           cost_usd=entry["cost_usd"], calls=entry["calls"], retries=entry["retries"])

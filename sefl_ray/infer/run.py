@@ -23,6 +23,8 @@ from sefl_ray.config import SeflConfig, log_resolved_config, save_resolved_confi
 from sefl_ray.data.sft import to_chat_messages
 from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
+from sefl_ray.layout import RunLayout
+from sefl_ray.llm.usage import Usage, usage_of_rows
 from sefl_ray.progress import RowTally, track_progress
 
 logger = logging.getLogger(__name__)
@@ -30,13 +32,14 @@ logger = logging.getLogger(__name__)
 OUTPUT_SCHEMA = pa.schema([
     ("item_id", pa.string()), ("prompt", pa.string()), ("feedback", pa.string()), ("system", pa.string()),
     ("model", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
-    ("latency_s", pa.float64()), ("status", pa.string()), ("error", pa.string()),
+    ("cost_usd", pa.float64()), ("latency_s", pa.float64()), ("status", pa.string()), ("error", pa.string()),
 ])
 
 
 def run_infer(config: SeflConfig) -> Path:
     settings = config.infer
-    out_dir = Path(config.run_dir) / "infer" / settings.name
+    layout = RunLayout(config.run_dir)
+    out_dir = layout.infer_system_dir(settings.name)
     items = load_items(config)
     if settings.mode == "endpoint":
         from sefl_ray.llm.endpoint import check_api_keys
@@ -55,13 +58,13 @@ def run_infer(config: SeflConfig) -> Path:
                 batch_size=settings.batch_size, batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=settings.num_actors), num_cpus=1,
             )
-        else:
+        else:  # callers: as few as the endpoint's per-process cap allows, `concurrency` calls across them all
+            callers = math.ceil(settings.concurrency / config.endpoint(settings.endpoint).max_concurrency)
             outputs = dataset.map_batches(
                 EndpointWorker, fn_constructor_kwargs=worker_kwargs,
                 batch_size=settings.batch_size, batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=settings.num_actors,
-                                                   max_concurrent_calls_per_actor=max(1, settings.concurrency
-                                                                                      // settings.batch_size)),
+                compute=ray.data.ActorPoolStrategy(size=callers, max_concurrent_calls_per_actor=max(
+                    1, math.ceil(settings.concurrency / (callers * settings.batch_size)))),
                 num_cpus=0.1,  # waits on the network: must not starve the read task of CPU
             )
         # a test set is small: gather it in the driver and write one file that every later stage reads
@@ -69,19 +72,40 @@ def run_infer(config: SeflConfig) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     import pyarrow.parquet as pq
 
-    pq.write_table(table.cast(OUTPUT_SCHEMA), out_dir / "outputs.parquet")
+    pq.write_table(table.cast(OUTPUT_SCHEMA), layout.infer_outputs(settings.name))
     statuses = table["status"].to_pylist()
+    usage = usage_of_rows(table.select(["prompt_tokens", "completion_tokens", "cost_usd", "status"]).to_pylist())
     summary = {"rows": len(statuses), "ok": statuses.count("ok"), "failed": len(statuses) - statuses.count("ok"),
-               "elapsed_s": round(time.monotonic() - started, 3), "mode": settings.mode}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+               "elapsed_s": round(time.monotonic() - started, 3), "mode": settings.mode, "usage": usage.to_dict()}
+    layout.infer_summary(settings.name).write_text(json.dumps(summary, indent=2))
     logger.info("infer %s: %s", settings.name, summary)
-    return out_dir / "outputs.parquet"
+    return layout.infer_outputs(settings.name)
+
+
+def run_base_and_tuned(config: SeflConfig) -> list[Path]:
+    """The pipeline's infer stage: feedback of the base model and of the fine-tuned one on the held-out split, the
+    two systems judged next. Both run as local model actors (`infer.mode: local`), so no server is needed for
+    models that exist only as folders of this run."""
+    outputs = []
+    for name, model in (("base", config.train.model), ("tuned", str(RunLayout(config.run_dir).train_merged))):
+        infer = config.infer.model_copy(update={"name": name, "model": model, "mode": "local"})
+        outputs.append(run_infer(config.model_copy(update={"infer": infer})))
+    return outputs
+
+
+def manifest_numbers(layout: RunLayout) -> dict[str, Any]:
+    systems, usage = {}, Usage()
+    for outputs in layout.all_infer_outputs():
+        summary = json.loads(layout.infer_summary(outputs.parent.name).read_text())
+        systems[outputs.parent.name] = {"rows": summary["rows"], "ok": summary["ok"], "failed": summary["failed"]}
+        usage += Usage.from_dict(summary.get("usage") or {})
+    return {"rows": sum(system["rows"] for system in systems.values()), "systems": systems, **usage.to_dict()}
 
 
 def load_items(config: SeflConfig) -> list[dict[str, Any]]:
     """Rows as {item_id, messages}: our export, SEFL-style parquet/jsonl, or plain `messages` data."""
     settings = config.infer
-    path = Path(settings.input) if settings.input else Path(config.run_dir) / "export" / "hf"
+    path = Path(settings.input) if settings.input else RunLayout(config.run_dir).export_hf
     if not path.exists():
         raise InputNotFoundError(f"infer.input: {path} does not exist (run `sefl-ray export` or set infer.input)")
     rows = read_rows(path, key="infer.input", split=settings.split)
@@ -112,7 +136,8 @@ def _output_row(item: dict[str, Any], model: str, **fields: Any) -> dict[str, An
     system = next((m["content"] for m in messages if m["role"] == "system"), None)
     prompt = "\n\n".join(m["content"] for m in messages if m["role"] == "user")
     row = {"item_id": item["item_id"], "prompt": prompt, "system": system, "model": model, "feedback": None,
-           "prompt_tokens": 0, "completion_tokens": 0, "latency_s": 0.0, "status": "ok", "error": None}
+           "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "latency_s": 0.0, "status": "ok",
+           "error": None}
     row.update(fields)
     return row
 
@@ -123,7 +148,8 @@ class LocalModelWorker:
     def __init__(self, config_json: str, progress=None):
         from sefl_ray.serve.engine import TransformersEngine
 
-        self.settings = SeflConfig.model_validate_json(config_json).infer
+        config = SeflConfig.model_validate_json(config_json)
+        self.settings, self.seed = config.infer, config.seed
         self.progress = RowTally(progress)
         self.engine = TransformersEngine(self.settings.model)
 
@@ -132,7 +158,7 @@ class LocalModelWorker:
 
         items = batch.to_pylist()
         requests = [GenerationRequest(messages=json.loads(item["messages"]), max_tokens=self.settings.max_new_tokens,
-                                      temperature=self.settings.temperature, seed=0) for item in items]
+                                      temperature=self.settings.temperature, seed=self.seed) for item in items]
         rows = [None] * len(items)
         runnable = []
         for index, request in enumerate(requests):
@@ -173,15 +199,16 @@ class EndpointWorker:
         async def one(item):
             try:
                 result = await self._client.chat(json.loads(item["messages"]), max_tokens=settings.max_new_tokens,
-                                                 temperature=settings.temperature, seed=0)
+                                                 temperature=settings.temperature, seed=self.config.seed)
             except EndpointCallFailed as failure:
                 self.progress.add("failed", 0, failure.record.cost_usd)
                 return _output_row(item, model, status="failed", error=failure.record.error,
-                                   latency_s=failure.record.latency_s)
+                                   latency_s=failure.record.latency_s, cost_usd=failure.record.cost_usd)
             record = result.record
             self.progress.add("ok", record.prompt_tokens + record.completion_tokens, record.cost_usd)
             return _output_row(item, model, feedback=result.text, prompt_tokens=record.prompt_tokens,
-                               completion_tokens=record.completion_tokens, latency_s=record.latency_s)
+                               completion_tokens=record.completion_tokens, latency_s=record.latency_s,
+                               cost_usd=record.cost_usd)
 
         rows = await asyncio.gather(*(one(item) for item in batch.to_pylist()))
         self.progress.flush()

@@ -20,7 +20,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 
-CHOICES = ("A", "B", "tie")
 SEFL_CRITERIA = {
     "accuracy": "Which feedback identifies the student's mistakes more correctly, without inventing mistakes?",
     "actionability": "Which feedback tells the student more clearly what to do to improve the answer?",

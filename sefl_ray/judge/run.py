@@ -32,6 +32,7 @@ from sefl_ray.config import JudgeConfig, SeflConfig, log_resolved_config, save_r
 from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.judge.prompts import pairwise_prompts, parse_choice, parse_scores, rubric_prompt
+from sefl_ray.layout import RunLayout
 from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
 from sefl_ray.progress import RowTally, track_progress
 
@@ -46,18 +47,13 @@ JUDGMENT_SCHEMA = pa.schema([
     ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()),
     ("cached", pa.bool_()), ("latency_s", pa.float64()), ("finished_at", pa.float64()),
 ])
-BATCH_SIZE = 8  # calls gathered per Ray Data batch: a batch holds its slots until its slowest call ends
-
-
-def judge_dir(config: SeflConfig) -> Path:
-    return Path(config.run_dir) / "judge"
 
 
 def run_judge(config: SeflConfig, *, rescore: bool = False) -> Path:
     settings = config.judge
-    out_dir = judge_dir(config)
-    judgments_path = out_dir / "judgments.parquet"
-    systems = load_system_outputs(settings, Path(config.run_dir))
+    layout = RunLayout(config.run_dir)
+    out_dir, judgments_path = layout.judge_dir, layout.judgments
+    systems = load_system_outputs(settings, layout)
     if rescore:
         if not judgments_path.exists():
             raise InputNotFoundError(f"nothing to rescore: {judgments_path} does not exist (run `sefl-ray judge`)")
@@ -78,13 +74,13 @@ def run_judge(config: SeflConfig, *, rescore: bool = False) -> Path:
     from sefl_ray.judge.stats import judgments_to_ratings, summarize_judgments
 
     summary = summarize_judgments(judgments, systems, n_bootstrap=settings.n_bootstrap, seed=config.seed)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
-    pq.write_table(pa.Table.from_pylist(judgments_to_ratings(judgments, systems)), out_dir / "ratings.parquet")
+    layout.judge_summary.write_text(json.dumps(summary, indent=2, allow_nan=False))
+    pq.write_table(pa.Table.from_pylist(judgments_to_ratings(judgments, systems)), layout.judge_ratings)
     human_ratings = human_ratings_paths(config)
     if human_ratings:
         from sefl_ray.judge.agreement import run_agreement
 
-        run_agreement([out_dir / "ratings.parquet", *human_ratings], out_dir / "agreement",
+        run_agreement([layout.judge_ratings, *human_ratings], layout.agreement_dir,
                       n_bootstrap=settings.n_bootstrap, seed=config.seed)
     logger.info("judge: %d ok, %d failed -> %s", summary["calls"]["ok"], summary["calls"]["failed"], out_dir)
     return out_dir
@@ -101,9 +97,16 @@ def human_ratings_paths(config: SeflConfig) -> list[str | Path]:
     return []
 
 
-def load_system_outputs(settings: JudgeConfig, run_dir: Path) -> dict[str, dict[str, dict[str, str]]]:
+def manifest_numbers(layout: RunLayout) -> dict[str, Any]:
+    summary = json.loads(layout.judge_summary.read_text())
+    calls = summary["calls"]
+    return {"rows": calls["total"], "ok": calls["ok"], "failed": calls["failed"], "cached": calls["cached"],
+            **summary["usage"]}
+
+
+def load_system_outputs(settings: JudgeConfig, layout: RunLayout) -> dict[str, dict[str, dict[str, str]]]:
     """{system: {item_id: {"prompt", "feedback"}}} from infer outputs or CSV/JSONL files (ok rows only)."""
-    paths = [Path(p) for p in settings.inputs] or sorted((run_dir / "infer").glob("*/outputs.parquet"))
+    paths = [Path(p) for p in settings.inputs] or layout.all_infer_outputs()
     systems: dict[str, dict[str, dict[str, str]]] = {}
     for path in paths:
         for row in _read_output_rows(path):
@@ -157,7 +160,7 @@ def call_judges(config: SeflConfig, tasks: list[dict[str, Any]]) -> list[dict[st
               if config.endpoint(name).rpm or config.endpoint(name).tpm}
     limiter = create_shared_rate_limiter(limits) if limits else None
     # Each batch's calls run at once, so `concurrency` = batch size x batches in flight per actor x actors.
-    batch_size = min(BATCH_SIZE, math.ceil(settings.concurrency / settings.num_actors))
+    batch_size = min(settings.batch_size, math.ceil(settings.concurrency / settings.num_actors))
     calls_per_actor = max(1, math.ceil(settings.concurrency / (settings.num_actors * batch_size)))
     try:
         with track_progress("judge", len(tasks), config.progress_interval_s) as progress:
@@ -191,7 +194,7 @@ class JudgeWorker:
             from sefl_ray.llm.cache import CallCache
             from sefl_ray.llm.client import EndpointClient
 
-            cache = CallCache(judge_dir(self.config) / "call_cache")
+            cache = CallCache(RunLayout(self.config.run_dir).judge_call_cache)
             self._clients = {name: EndpointClient(self.config.endpoint(name), self.config.retry,
                                                   limiter=self.limiter, cache=cache)
                              for name in self.config.judge.judges}
@@ -209,7 +212,7 @@ class JudgeWorker:
 
         settings = self.config.judge
         params: dict[str, Any] = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-                                  "seed": 0}
+                                  "seed": self.config.seed}
         if task["response_format"]:
             params["response_format"] = json.loads(task["response_format"])
         try:
@@ -217,7 +220,7 @@ class JudgeWorker:
         except EndpointCallFailed as failure:
             record = failure.record
             return {**task, "status": "failed", "error": record.error, "latency_s": record.latency_s,
-                    "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None, "cached": False,
+                    "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": record.cost_usd, "cached": False,
                     "finished_at": time.time()}
         record = result.record
         row = {**task, "raw": result.text, "prompt_tokens": record.prompt_tokens,

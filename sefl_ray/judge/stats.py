@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sefl_ray.llm.usage import usage_of_rows
 from sefl_ray.judge.statistics import (Bootstrap, first_position, majority_vote, mean_ci, share, win_scores,
                                        win_tally)
 
@@ -36,7 +37,8 @@ def summarize_judgments(
     per_item = overall_verdicts(verdicts)
     per_item.update(ensemble_verdicts(per_item))
     return {
-        "calls": _call_totals(judgments),
+        "calls": _call_counts(judgments),
+        "usage": usage_of_rows(judgments).to_dict(),
         "position": position_stats(pairwise, verdicts),
         "win_rates": win_rates(per_item, systems, n_bootstrap=n_bootstrap, seed=seed),
         "criteria": criterion_win_rates(verdicts) if len({key[3] for key in verdicts}) > 1 else [],
@@ -201,11 +203,7 @@ def length_controlled_win_rate(outcome: np.ndarray, length_diff: np.ndarray) -> 
     return float(1 / (1 + np.exp(-model.intercept_[0])))
 
 
-def _call_totals(judgments: list[dict[str, Any]]) -> dict[str, Any]:
+def _call_counts(judgments: list[dict[str, Any]]) -> dict[str, int]:
     ok = sum(row["status"] == "ok" for row in judgments)
-    costs = [row["cost_usd"] for row in judgments if row.get("cost_usd") is not None]
     return {"total": len(judgments), "ok": ok, "failed": len(judgments) - ok,
-            "cached": sum(bool(row.get("cached")) for row in judgments),
-            "prompt_tokens": sum(row.get("prompt_tokens") or 0 for row in judgments),
-            "completion_tokens": sum(row.get("completion_tokens") or 0 for row in judgments),
-            "cost_usd": sum(costs) if costs else None}
+            "cached": sum(bool(row.get("cached")) for row in judgments)}

@@ -65,13 +65,15 @@ class EndpointClient:
 
     async def chat(self, messages: list[dict[str, Any]], **params: Any) -> ChatResult:
         """One chat completion, retried per our policy. Raises `EndpointCallFailed` when it cannot succeed."""
-        record = CallRecord(endpoint=self.endpoint.name, model=self.endpoint.model)
+        # a call that fails or is cached costs 0 on a priced endpoint and stays unpriced on one without a price
+        record = CallRecord(endpoint=self.endpoint.name, model=self.endpoint.model, cost_usd=call_cost(
+            0, 0, self.endpoint.price_input_per_1m, self.endpoint.price_output_per_1m))
         started = time.monotonic()
         identity = {"name": self.endpoint.name, "base_url": self.endpoint.base_url, "model": self.endpoint.model}
         cache_key = request_key(identity, messages, params) if self._cache else None
         if cache_key and (hit := self._cache.get(cache_key)) is not None:
             record.prompt_tokens, record.completion_tokens = hit["prompt_tokens"], hit["completion_tokens"]
-            record.cached, record.cost_usd = True, 0.0 if self.endpoint.price_input_per_1m is not None else None
+            record.cached = True
             return ChatResult(text=hit["text"], finish_reason=hit["finish_reason"], record=record)
         estimated_tokens = _estimate_tokens(messages, params.get("max_tokens"))
         async with self._slots:

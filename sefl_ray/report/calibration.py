@@ -9,10 +9,12 @@ the human majority alone.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from sefl_ray.layout import RunLayout
 from sefl_ray.report import plots
-from sefl_ray.report.sections import ci, fmt, section
+from sefl_ray.report.sections import ci, fmt, read_json, section
 
 
 def calibration_sections(agreement: dict) -> list[dict[str, Any]]:
@@ -155,3 +157,12 @@ def _accuracy(block: dict[str, Any]) -> str:
 
 def _signed(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.3f}"
+
+
+def calibration_part(run_dir: Path) -> list[dict[str, Any]]:
+    """The judges against human ratings, from `judge/agreement/agreement.json`, when there are any."""
+    agreement_path = RunLayout(run_dir).agreement
+    if not agreement_path.exists():
+        return [section("No human ratings", "No judge/agreement/agreement.json here: set `judge.human_ratings` (or "
+                        "run `sefl-ray agreement`) to see how far each judge agrees with people.")]
+    return calibration_sections(read_json(agreement_path))

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sefl_ray.data.records import iter_record_tables
+from sefl_ray.layout import RunLayout
+from sefl_ray.llm.usage import Usage
 from sefl_ray.report import plots
 from sefl_ray.report.sections import LENGTH_HEADER, embedded_note, fmt, length_row, not_run, read_json, section
 
@@ -19,13 +21,13 @@ RECORD_COLUMNS = ["error", "mistake_kinds", "errors", "feedback_items", "assignm
 
 
 def data_sections(run_dir: Path) -> list[dict[str, Any]]:
-    synth_dir = run_dir / "synth"
-    summary_path = synth_dir / "summary.json"
+    layout = RunLayout(run_dir)
+    summary_path = layout.synth_summary
     if not summary_path.exists():
         return [not_run("synth", summary_path, run_dir)]
     summary = read_json(summary_path)
-    stats = record_stats(synth_dir / "records")
-    export_path = run_dir / "export" / "export_summary.json"
+    stats = record_stats(layout.synth_records)
+    export_path = layout.export_summary
     export = read_json(export_path) if export_path.exists() else None
     return [
         status_section(summary, stats, export),
@@ -112,11 +114,12 @@ def lengths_section(stats: dict) -> dict[str, Any]:
 
 def usage_section(summary: dict) -> dict[str, Any]:
     rows = []
-    for key, usage in (summary.get("usage") or {}).items():
+    for key, entry in (summary.get("usage_by_role") or {}).items():
         role, _, model = key.partition(":")
-        rows.append([role, model, usage["calls"], usage["retries"], usage["prompt_tokens"],
-                     usage["completion_tokens"], "" if usage["cost_usd"] is None else fmt(usage["cost_usd"], 4)])
-    return section("Tokens and cost per role", "Calls answered from the call cache are not counted again; cost is "
-                   "blank where the endpoint has no price.",
-                   table=(["role", "model", "calls", "retries", "prompt tokens", "completion tokens", "cost (USD)"],
+        usage = Usage.from_dict(entry)
+        rows.append([role, model, usage.calls, usage.retries, usage.prompt_tokens, usage.completion_tokens,
+                     usage.cost_text()])
+    return section("Tokens and cost per role", "Calls answered from the call cache are not counted again; a cost "
+                   "sums the priced calls and counts the calls of endpoints without a price.",
+                   table=(["role", "model", "calls", "retries", "prompt tokens", "completion tokens", "cost"],
                           rows))

@@ -9,17 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sefl_ray.layout import RunLayout
+from sefl_ray.llm.usage import Usage
 from sefl_ray.report import plots
 from sefl_ray.report.sections import ci, embedded_note, fmt, not_run, read_json, section
 
 
 def judge_sections(run_dir: Path) -> list[dict[str, Any]]:
-    judge_dir = run_dir / "judge"
-    summary_path = judge_dir / "summary.json"
-    if not summary_path.exists():
-        return [not_run("judge", summary_path, run_dir)]
-    summary = read_json(summary_path)
-    models = judge_models(judge_dir / "judgments.parquet")
+    layout = RunLayout(run_dir)
+    if not layout.judge_summary.exists():
+        return [not_run("judge", layout.judge_summary, run_dir)]
+    summary = read_json(layout.judge_summary)
+    models = judge_models(layout.judgments)
     rates, position, rubric = summary["win_rates"], summary["position"], summary["rubric"]
     notes = embedded_note({f"judge `{judge}`": [model] for judge, model in models.items()})
     sections = [
@@ -50,16 +51,16 @@ def judge_sections(run_dir: Path) -> list[dict[str, Any]]:
     if rubric:
         sections.append(section("Rubric scores", "Mean score 1–5 per dimension and system, with 95 % CIs.",
                                 table=rubric_table(rubric), plot=plots.rubric(rubric)))
-    calls = summary["calls"]
+    calls, usage = summary["calls"], Usage.from_dict(summary.get("usage") or {})
     failures = summary.get("failures") or []
     note = "Judge calls, tokens and cost (cached calls cost nothing)."
     if failures:
         note += " Failed calls: " + "; ".join(f"{count} x {reason}" for reason, count in failures) + "."
     sections.append(section("Cost", note, warning=bool(calls["failed"]),
                             table=(["calls", "ok", "failed", "cached", "prompt tokens", "completion tokens",
-                                    "cost USD"],
+                                    "cost"],
                                    [[calls["total"], calls["ok"], calls["failed"], calls["cached"],
-                                     calls["prompt_tokens"], calls["completion_tokens"], fmt(calls["cost_usd"])]])))
+                                     usage.prompt_tokens, usage.completion_tokens, usage.cost_text()]])))
     return sections
 
 

@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from sefl_ray.errors import InputNotFoundError
+from sefl_ray.layout import RunLayout
+from sefl_ray.llm.usage import Usage
 from sefl_ray.manifest import read_manifest
-from sefl_ray.report.calibration import calibration_sections
-from sefl_ray.report.data import data_sections
 from sefl_ray.report.examples import example_sections
-from sefl_ray.report.inference import inference_sections
-from sefl_ray.report.judges import judge_sections
 from sefl_ray.report.render import Part, render_html, render_markdown
-from sefl_ray.report.sections import blank, read_json, section
-from sefl_ray.report.training import training_sections
+from sefl_ray.report.sections import blank, section
+from sefl_ray.stages import STAGES, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -37,22 +35,22 @@ def run_report(run_dir: str | Path) -> Path:
     if not any(any(run_dir.glob(pattern)) for pattern in STAGE_OUTPUTS):
         raise InputNotFoundError(f"nothing to report in {run_dir}: none of {', '.join(STAGE_OUTPUTS)} exists; run "
                                  "`sefl-ray pipeline CONFIG` (or a stage) with this run_dir first")
-    parts = [
-        Part("run", "Run", run_sections(run_dir)),
-        Part("data", "Data", data_sections(run_dir)),
-        Part("training", "Training", training_sections(run_dir)),
-        Part("inference", "Inference", inference_sections(run_dir)),
-        Part("judges", "Judges", judge_sections(run_dir)),
-        Part("calibration", "Calibration", calibration_part(run_dir)),
-        Part("examples", "Examples", example_sections(run_dir)),
-    ]
+    # The run, then each stage's parts in pipeline order (the registry's `report=`), then examples side by side.
+    parts = [Part("run", "Run", run_sections(run_dir)),
+             *(Part(part.id, part.title, resolve(part.builder)(run_dir)) for stage in STAGES for part in stage.report),
+             Part("examples", "Examples", example_sections(run_dir))]
     run_files = [name for name in RUN_FILES if (run_dir / name).exists()]
-    report_dir = run_dir / "report"
-    report_dir.mkdir(parents=True, exist_ok=True)
-    (report_dir / "report.html").write_text(render_html(parts, run_dir, run_files), encoding="utf-8")
-    (report_dir / "report.md").write_text(render_markdown(parts, run_dir, run_files), encoding="utf-8")
-    logger.info("report: %s", report_dir / "report.html")
-    return report_dir / "report.html"
+    layout = RunLayout(run_dir)
+    layout.report_dir.mkdir(parents=True, exist_ok=True)
+    layout.report_html.write_text(render_html(parts, run_dir, run_files), encoding="utf-8")
+    layout.report_md.write_text(render_markdown(parts, run_dir, run_files), encoding="utf-8")
+    logger.info("report: %s", layout.report_html)
+    return layout.report_html
+
+
+def run_report_stage(config) -> Path:
+    """The pipeline's `report` stage: the report of the config's run dir."""
+    return run_report(config.run_dir)
 
 
 def run_sections(run_dir: Path) -> list[dict[str, Any]]:
@@ -66,8 +64,10 @@ def run_sections(run_dir: Path) -> list[dict[str, Any]]:
         if name == "report":  # the stage writing this page: its record is not finished yet
             continue
         commit = (record.get("environment") or {}).get("git_commit") or ""
-        rows.append([name, record.get("status"), *(blank(record.get(key)) for key in
-                     ("elapsed_s", "rows", "tokens", "cost_usd")), record.get("finished_at") or "", commit[:12]])
+        usage = Usage.from_dict(record)
+        cost = usage.cost_text() if record.get("calls") else blank(record.get("cost_usd"))
+        rows.append([name, record.get("status"), *(blank(record.get(key)) for key in ("elapsed_s", "rows", "tokens")),
+                     cost, record.get("finished_at") or "", commit[:12]])
     sections = [section("Stages", "Each stage as manifest.json records it (resolved config, fingerprints, versions "
                         "and artifact paths are there too).",
                         table=(["stage", "status", "seconds", "rows", "tokens", "cost (USD)", "finished", "git commit"],
@@ -79,12 +79,3 @@ def run_sections(run_dir: Path) -> list[dict[str, Any]]:
                                 f"{environment.get('platform')}, as the last stage recorded it.",
                                 table=(["package", "version"], packages)))
     return sections
-
-
-def calibration_part(run_dir: Path) -> list[dict[str, Any]]:
-    """The judges against human ratings, from `judge/agreement/agreement.json`, when there are any."""
-    agreement_path = run_dir / "judge" / "agreement" / "agreement.json"
-    if not agreement_path.exists():
-        return [section("No human ratings", "No judge/agreement/agreement.json here: set `judge.human_ratings` (or "
-                        "run `sefl-ray agreement`) to see how far each judge agrees with people.")]
-    return calibration_sections(read_json(agreement_path))

@@ -29,13 +29,13 @@ from typing import Any, Literal, TypeVar
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.serve.deployment import Deployment
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sefl_ray.config import StrictModel
+from sefl_ray.config import ServeAppConfig
 from sefl_ray.errors import ConfigError
 from sefl_ray.serve.engine_api import Engine, GenerationRequest, GenerationResult, PromptTooLong
 from sefl_ray.serve.openai_api import (
@@ -68,68 +68,6 @@ VLLM_NOT_WIRED = (
 
 
 # -- config --------------------------------------------------------------------------------------------------------
-
-
-class AutoscalingSettings(StrictModel):
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 lets an idle app scale to zero.")
-    max_replicas: int = Field(2, ge=1, description="Most replicas.")
-    target_ongoing_requests: float = Field(8, gt=0, description="Requests per replica Serve scales towards.")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "AutoscalingSettings":
-        if self.max_replicas < self.min_replicas:
-            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
-        return self
-
-
-class ServeAppConfig(StrictModel):
-    """One OpenAI-compatible app: which model, how requests are batched, adapters, auth and replicas."""
-
-    model: str = Field(
-        "embedded:smollm2-135m", description="'embedded:<name>', a local HF folder, or a Hub id (loaded offline)."
-    )
-    served_model_name: str | None = Field(None, description="The name clients put in `model`; None: `model`.")
-    engine: Literal["transformers", "vllm"] = Field(
-        "transformers", description="'transformers' runs on CPU or GPU; 'vllm' is not wired here (needs ray[llm])."
-    )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights' dtype.")
-    device: str | None = Field(None, description="'cpu', 'cuda', 'cuda:1'…; None: a GPU if there is one.")
-    max_model_len: int | None = Field(None, ge=16, description="Context cap in tokens; None: the model's own.")
-    default_max_tokens: int = Field(256, ge=1, description="max_tokens of a request that does not set it.")
-    batching: bool = Field(True, description="Gather concurrent requests into batches; False: one at a time.")
-    max_batch_size: int = Field(8, ge=1, description="Most requests in one batch.")
-    batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long a batch waits to fill after its first.")
-    adapters: dict[str, str] = Field(
-        default_factory=dict, description="LoRA adapters clients can name in `model`: name -> PEFT folder."
-    )
-    max_adapters_per_replica: int = Field(4, ge=1, description="Adapters held at once; the least recent goes.")
-    api_key_env: str | None = Field(
-        None, description="Env var holding the key clients must send as 'Authorization: Bearer'; unset: no auth."
-    )
-    num_replicas: int = Field(1, ge=1, description="Fixed replica count, used when `autoscaling` is None.")
-    autoscaling: AutoscalingSettings | None = Field(None, description="Replica bounds and target; None: fixed.")
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (>= batch size).")
-    num_cpus: float = Field(1, ge=0, description="CPUs each replica reserves.")
-    torch_threads: int | None = Field(
-        None, ge=1, description="Torch threads per replica; None: Ray's default, one per reserved CPU. More than "
-        "num_cpus lets a CPU replica use cores it shares with light work (API callers) without reserving them."
-    )
-    num_gpus: float = Field(0, ge=0, description="GPUs each replica reserves.")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "ServeAppConfig":
-        if self.served_name in self.adapters:
-            raise ValueError(f"adapter name '{self.served_name}' is also the served model's name")
-        if self.max_ongoing_requests < self.max_batch_size:
-            raise ValueError(
-                f"max_ongoing_requests ({self.max_ongoing_requests}) is below max_batch_size "
-                f"({self.max_batch_size}): batches could never fill"
-            )
-        return self
-
-    @property
-    def served_name(self) -> str:
-        return self.served_model_name or self.model
 
 
 def load_app_config(args: dict[str, Any] | ServeAppConfig | None) -> ServeAppConfig:

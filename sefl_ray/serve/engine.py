@@ -23,13 +23,12 @@ logger = logging.getLogger(__name__)
 
 class TransformersEngine:
     def __init__(self, model: str, *, dtype: str = "float32", device: str | None = None,
-                 max_model_len: int | None = None, served_model_name: str | None = None):
+                 max_model_len: int | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from sefl_ray.models import resolve_model
 
         path = resolve_model(model)
-        self.model_name = served_model_name or model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()

@@ -43,8 +43,6 @@ class Engine(Protocol):
     one entry per request, `(new_text, result)` where `result` is set on the step that request finishes.
     """
 
-    model_name: str
-
     def check(self, request: GenerationRequest) -> int: ...
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...

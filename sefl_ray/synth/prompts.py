@@ -12,7 +12,6 @@ prompt so instructions hidden in an answer are evaluated as text, not followed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
@@ -217,6 +216,3 @@ def _escape_student_text(text: str) -> str:
     """A student answer must not be able to close its own delimiter and speak as the prompt."""
     return text.replace(STUDENT_CLOSE, "</student_answer_>").replace(STUDENT_OPEN, "<student_answer_>")
 
-
-def dumps_compact(model: BaseModel) -> str:
-    return json.dumps(model.model_dump(), ensure_ascii=False)

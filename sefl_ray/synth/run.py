@@ -24,20 +24,19 @@ import pyarrow as pa
 import ray
 
 from sefl_ray.cluster import init_ray
-from sefl_ray.config import SeflConfig, config_fingerprint, log_resolved_config, save_resolved_config
-from sefl_ray.data.records import RECORD_SCHEMA, iter_record_tables, read_records, record_id
+from sefl_ray.config import SeflConfig, config_fingerprint, decided_by, log_resolved_config, save_resolved_config
+from sefl_ray.data.records import RECORD_SCHEMA, add_role_usage, iter_record_tables, read_records, record_id
+from sefl_ray.data.tables import write_jsonl
+from sefl_ray.layout import RunLayout
 from sefl_ray.errors import ConfigError
 from sefl_ray.llm.endpoint import check_api_keys
 from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
+from sefl_ray.llm.usage import Usage
 from sefl_ray.progress import RowTally, track_progress
 from sefl_ray.synth.prompts import PROMPT_VERSION
 from sefl_ray.synth.sources import load_sources
 
 logger = logging.getLogger(__name__)
-
-
-def synth_dir(config: SeflConfig) -> Path:
-    return Path(config.run_dir) / "synth"
 
 
 def run_synth(config: SeflConfig) -> Path:
@@ -48,13 +47,14 @@ def run_synth(config: SeflConfig) -> Path:
         raise ConfigError("synth.min_mistakes must not exceed synth.max_mistakes")
     check_api_keys(role_endpoints)
     log_resolved_config(config, "synth")
-    out_dir = synth_dir(config)
-    records_dir = out_dir / "records"
+    layout = RunLayout(config.run_dir)
+    out_dir, records_dir = layout.synth_dir, layout.synth_records
     save_resolved_config(config, out_dir)
     fingerprint = synth_fingerprint(config)
 
     sources = load_sources(synth.sources)
     plans = plan_conversations(config, fingerprint, sources)
+    write_jsonl(layout.synth_plan, plans)  # export reads which rows this config asked for from here
     done = read_records(records_dir, columns=[])
     ok_ids = {row_id for row_id, status in zip(done["id"].to_pylist(), done["status"].to_pylist()) if status == "ok"}
     failed_ids = set(done["id"].to_pylist()) - ok_ids
@@ -83,20 +83,33 @@ def run_synth(config: SeflConfig) -> Path:
     elapsed = time.monotonic() - started
 
     summary = summarize(iter_record_tables(records_dir, columns=["error", "usage"]), plans, elapsed, len(todo), skipped)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    layout.synth_summary.write_text(json.dumps(summary, indent=2))
     logger.info("synth summary:\n%s", format_summary(summary))
     return records_dir
 
 
 def synth_fingerprint(config: SeflConfig) -> str:
+    """What decides each conversation's content, not how many there are: the row ids hash it, so a bigger run
+    re-uses every row a smaller one made."""
     synth = config.synth
     return config_fingerprint({
-        **synth.content_fingerprint_fields(),
+        **decided_by(synth, ("content",)),
         "teacher_models": sorted({config.endpoint(name).model for name in synth.endpoint_names("teacher")}),
         "student_models": sorted({config.endpoint(name).model for name in synth.endpoint_names("student")}),
         "seed": config.seed,
         "prompt_version": PROMPT_VERSION,
     })
+
+
+def prompt_inputs(config: SeflConfig) -> dict[str, Any]:
+    """Beyond the config, the prompts' version decides synth's output (the registry's `extra_inputs`)."""
+    return {"prompt_version": PROMPT_VERSION}
+
+
+def manifest_numbers(layout: RunLayout) -> dict[str, Any]:
+    summary = json.loads(layout.synth_summary.read_text())
+    return {"rows": summary["ok"] + summary["failed"], "ok": summary["ok"], "failed": summary["failed"],
+            **summary["usage"]}
 
 
 def plan_conversations(
@@ -202,7 +215,7 @@ class ConversationWorker:
             from sefl_ray.llm.client import EndpointClient
 
             synth = self.config.synth
-            cache = CallCache(synth_dir(self.config) / "call_cache") if synth.cache_calls else None
+            cache = CallCache(RunLayout(self.config.run_dir).synth_call_cache) if synth.cache_calls else None
             names = dict.fromkeys(synth.endpoint_names("teacher") + synth.endpoint_names("student"))
             self._clients = {name: EndpointClient(self.config.endpoint(name), self.config.retry,
                                                   limiter=self.limiter, cache=cache) for name in names}
@@ -238,7 +251,7 @@ BudgetActor = ray.remote(num_cpus=0)(_Budget)
 def summarize(records: Iterable[pa.Table], plans: list[dict], elapsed_s: float, attempted: int, skipped: int) -> dict:
     planned_ids = {p["id"] for p in plans}
     ok = done = 0
-    usage: dict[str, dict[str, Any]] = {}
+    by_role: dict[str, Usage] = {}
     reasons: dict[str, int] = {}
     for table in records:  # a file at a time: the driver's memory does not grow with the run
         for row in table.to_pylist():
@@ -250,18 +263,13 @@ def summarize(records: Iterable[pa.Table], plans: list[dict], elapsed_s: float, 
                 reason = (row["error"] or "unknown").split(":")[0]
                 reasons[reason] = reasons.get(reason, 0) + 1
             for entry in row["usage"] or []:
-                key = f"{entry['role']}:{entry['model']}"
-                total = usage.setdefault(key, {"calls": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                                               "cost_usd": 0.0})
-                for field in ("calls", "retries", "prompt_tokens", "completion_tokens"):
-                    total[field] += entry[field]
-                total["cost_usd"] = None if entry["cost_usd"] is None or total["cost_usd"] is None else (
-                    total["cost_usd"] + entry["cost_usd"])
+                add_role_usage(by_role.setdefault(f"{entry['role']}:{entry['model']}", Usage()), entry)
     return {
         "planned": len(plans), "ok": ok, "failed": done - ok, "missing": len(plans) - done,
         "skipped_by_budget": skipped, "attempted_this_run": attempted, "elapsed_s": round(elapsed_s, 3),
         "conversations_per_s": round(attempted / elapsed_s, 3) if elapsed_s > 0 else None,
-        "usage": usage, "failure_reasons": reasons,
+        "usage": sum(by_role.values(), Usage()).to_dict(),
+        "usage_by_role": {key: usage.to_dict() for key, usage in by_role.items()}, "failure_reasons": reasons,
     }
 
 
@@ -273,10 +281,10 @@ def format_summary(summary: dict) -> str:
         f"{summary['conversations_per_s'] or 0:.2f} conversations/s)",
         f"{'role:model':<40} {'calls':>7} {'retries':>7} {'prompt_tok':>10} {'compl_tok':>10} {'cost_usd':>9}",
     ]
-    for key, total in summary["usage"].items():
-        cost = "n/a" if total["cost_usd"] is None else f"{total['cost_usd']:.4f}"
-        lines.append(f"{key:<40} {total['calls']:>7} {total['retries']:>7} {total['prompt_tokens']:>10} "
-                     f"{total['completion_tokens']:>10} {cost:>9}")
+    for key, total in summary["usage_by_role"].items():
+        usage = Usage.from_dict(total)
+        lines.append(f"{key:<40} {usage.calls:>7} {usage.retries:>7} {usage.prompt_tokens:>10} "
+                     f"{usage.completion_tokens:>10} {usage.cost_text():>9}")
     for reason, count in summary["failure_reasons"].items():
         lines.append(f"failed: {count} x {reason}")
     return "\n".join(lines)

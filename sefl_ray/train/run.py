@@ -24,19 +24,18 @@ from typing import Any
 import ray
 
 from sefl_ray.cluster import init_ray
-from sefl_ray.config import SeflConfig, TrainConfig, config_fingerprint, log_resolved_config, save_resolved_config
+from sefl_ray.config import (
+    SeflConfig, TrainConfig, config_fingerprint, decided_by, log_resolved_config, save_resolved_config,
+)
 from sefl_ray.data.tables import read_jsonl
 from sefl_ray.errors import ConfigError, InputNotFoundError, SeflError
+from sefl_ray.layout import RunLayout
 from sefl_ray.train.data import SftData, count_rows, load_sft_examples
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 PROBE_TOKENS = 64
-# Fields that change how a run is executed or reported, not the weights it produces.
-EXECUTION_ONLY_FIELDS = {"storage_path", "max_failures", "log_every_steps", "merge", "num_checkpoints_to_keep",
-                         "checkpoint_every_steps", "cpus_per_worker", "placement_strategy", "backend",
-                         "activation_checkpointing", "eval_at_start"}
 
 
 class TrainingFailedError(SeflError):
@@ -45,10 +44,11 @@ class TrainingFailedError(SeflError):
 
 def run_train(config: SeflConfig) -> Path:
     train = config.train
-    out_dir = Path(config.run_dir) / "train"
+    layout = RunLayout(config.run_dir)
+    out_dir = layout.train_dir
     log_resolved_config(config, "train")
     save_resolved_config(config, out_dir)
-    dataset = train.dataset or str(Path(config.run_dir) / "export" / "hf")
+    dataset = train.dataset or str(layout.export_hf)
     if not Path(dataset).exists():
         raise InputNotFoundError(f"train.dataset: {dataset} does not exist; run the export stage or set train.dataset")
     model_path = _resolve_model(train.model)
@@ -178,13 +178,27 @@ def write_outputs(
     return summary
 
 
+def run_train_and_merge(config: SeflConfig) -> Path:
+    """The pipeline's train stage: `infer` runs the merged folder as the tuned system, so it always merges."""
+    if not config.train.merge:
+        logger.info("pipeline: train.merge is false, but infer needs the merged model; merging anyway")
+        config = config.model_copy(update={"train": config.train.model_copy(update={"merge": True})})
+    return run_train(config) / "merged"
+
+
+def manifest_numbers(layout: RunLayout) -> dict[str, Any]:
+    summary = json.loads(layout.train_summary.read_text())
+    return {"rows": summary["data"]["train_examples"], "tokens": summary["data"]["train_tokens"],
+            "steps": summary["steps"], "final_eval_loss": summary.get("final_eval_loss")}
+
+
 def run_fingerprint(train: TrainConfig, model_path: str, data: SftData, seed: int) -> str:
     """What decides the trained weights: the model, the tokenized data, the seed and the training fields."""
     digest = hashlib.sha256()
     for split in (data.train, data.valid):
         for example in split:
             digest.update(json.dumps([example.input_ids, example.labels]).encode())
-    fields = train.model_dump(mode="json", exclude=EXECUTION_ONLY_FIELDS)
+    fields = decided_by(train)  # the fields marked as deciding content (`sefl_ray.config.train`)
     return config_fingerprint({"train": fields, "model": model_path, "data": digest.hexdigest(), "seed": seed})
 
 

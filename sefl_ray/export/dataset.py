@@ -28,9 +28,10 @@ import pyarrow as pa
 import yaml
 
 from sefl_ray.config import ExportConfig, config_fingerprint
-from sefl_ray.data.records import read_records
+from sefl_ray.data.records import add_role_usage, read_records
 from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, render_completion, render_prompt, to_chat_messages
 from sefl_ray.errors import InputNotFoundError
+from sefl_ray.llm.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -229,25 +230,12 @@ def _summarize(
 
 
 def _usage_totals(usage_lists: list[list[dict[str, Any]] | None]) -> list[dict[str, Any]]:
-    """Token, call and cost totals per (role, model), over every record read, failed ones included (they cost too).
-    A cost is summed where known; entries without one are counted, so a partial total is never taken for a whole."""
-    totals: dict[tuple[str, str], dict[str, Any]] = defaultdict(
-        lambda: {"calls": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": None,
-                 "entries_without_cost": 0}
-    )
+    """Calls, tokens and cost per (role, model), over every record read, failed ones included (they cost too)."""
+    totals: dict[tuple[str, str], Usage] = defaultdict(Usage)
     for usage in usage_lists:
         for entry in usage or []:
-            total = totals[(entry["role"] or "?", entry["model"] or "?")]
-            for key in ("calls", "retries", "prompt_tokens", "completion_tokens"):
-                total[key] += entry[key] or 0
-            if entry["cost_usd"] is None:
-                total["entries_without_cost"] += 1
-            else:
-                total["cost_usd"] = (total["cost_usd"] or 0.0) + entry["cost_usd"]
-    for total in totals.values():
-        if total["cost_usd"] is not None:
-            total["cost_usd"] = round(total["cost_usd"], 6)
-    return [{"role": role, "model": model, **total} for (role, model), total in sorted(totals.items())]
+            add_role_usage(totals[(entry["role"] or "?", entry["model"] or "?")], entry)
+    return [{"role": role, "model": model, **total.to_dict()} for (role, model), total in sorted(totals.items())]
 
 
 def render_dataset_card(summary: dict[str, Any]) -> str:
@@ -344,16 +332,9 @@ def render_dataset_card(summary: dict[str, Any]) -> str:
 
 
 def _usage_row(entry: dict[str, Any]) -> str:
-    if entry["cost_usd"] is None:
-        cost = "unknown"
-    else:
-        cost = f"{entry['cost_usd']:.4f}"
-        if entry["entries_without_cost"]:
-            cost += f" (+{entry['entries_without_cost']} unknown)"
-    return (
-        f"| {entry['role']} | `{entry['model']}` | {entry['calls']} | {entry['retries']} | "
-        f"{entry['prompt_tokens']} | {entry['completion_tokens']} | {cost} |"
-    )
+    usage = Usage.from_dict(entry)
+    return (f"| {entry['role']} | `{entry['model']}` | {usage.calls} | {usage.retries} | {usage.prompt_tokens} | "
+            f"{usage.completion_tokens} | {usage.cost_text()} |")
 
 
 def _code_list(values: list[str]) -> str:
@@ -365,13 +346,3 @@ def _size_category(n: int) -> str:
         if n < bound:
             return label
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
-
-
-def run_export_stage(config) -> Path:
-    """The `export` stage on a run dir: the records the config's synthesis planned in, `RUN_DIR/export` out."""
-    from sefl_ray.synth.run import plan_conversations, synth_fingerprint
-
-    run_dir = Path(config.run_dir)
-    planned = {plan["id"] for plan in plan_conversations(config, synth_fingerprint(config))}
-    return run_export(run_dir / "synth" / "records", run_dir / "export", config.export, seed=config.seed,
-                      only_ids=planned)

@@ -1,0 +1,75 @@
+"""`SeflConfig`: the whole run, one section per stage plus what the stages share."""
+
+from __future__ import annotations
+
+from pydantic import field_validator
+
+from sefl_ray.config.annotate import AnnotateConfig
+from sefl_ray.config.schema import Field, StrictModel
+from sefl_ray.config.sections import (
+    EndpointConfig, ExportConfig, InferConfig, JudgeConfig, ModelsConfig, RayConfig, RetryConfig, SynthConfig,
+)
+from sefl_ray.config.serve import LocalServeConfig
+from sefl_ray.config.train import TrainConfig
+from sefl_ray.errors import ConfigError
+
+
+class SeflConfig(StrictModel):
+    """The whole run: shared settings and one section per stage."""
+
+    run_dir: str = Field(
+        "runs/local", decides="execution",
+        description="Where every stage writes its outputs: a local or mounted path (NFS, Lustre, a "
+        "PVC); on a cluster, one every node sees. Object-store URIs work for train.storage_path only.",
+    )
+    seed: int = Field(0, decides="content", description="Seed for sampling, splits, training, and the `seed` every "
+                      "infer and judge request sends.")
+    progress_interval_s: float = Field(
+        5.0, decides="execution", gt=0, le=60,
+        description="Seconds between progress updates of synth, infer and judge (done, failed, "
+        "tokens, cost, ETA): a bar on a terminal, one log line per interval elsewhere.")
+    ray: RayConfig = Field(default_factory=RayConfig, decides="execution")
+    retry: RetryConfig = Field(default_factory=RetryConfig, decides="execution")
+    endpoints: list[EndpointConfig] = Field(
+        default_factory=list, decides="execution",
+        description="OpenAI-compatible endpoints the stages may call, by name (a stage's fingerprint hashes the "
+        "models of the endpoints it calls).",
+    )
+    models: ModelsConfig = Field(default_factory=ModelsConfig, decides="content")
+    synth: SynthConfig = Field(default_factory=SynthConfig, decides="content")
+    export: ExportConfig = Field(default_factory=ExportConfig, decides="content")
+    serve: LocalServeConfig = Field(default_factory=LocalServeConfig, decides="content")
+    infer: InferConfig = Field(default_factory=InferConfig, decides="content")
+    train: TrainConfig = Field(default_factory=TrainConfig, decides="content")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, decides="content")
+    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig, decides="content")
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_names_unique(cls, endpoints: list[EndpointConfig]) -> list[EndpointConfig]:
+        names = [endpoint.name for endpoint in endpoints]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"endpoint name(s) {', '.join(repeated)} used twice; give each endpoint its own name")
+        return endpoints
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_is_a_path(cls, run_dir: str) -> str:
+        # pathlib would quietly turn "s3://bucket/run" into a local folder "s3:/bucket/run": refuse it instead.
+        if "://" in run_dir:
+            raise ValueError(f"{run_dir!r} is a URI; run_dir must be a local or mounted path (object storage is "
+                             "supported for train.storage_path, Ray Train's checkpoints)")
+        return run_dir
+
+    def endpoint(self, name: str) -> EndpointConfig:
+        for endpoint in self.endpoints:
+            if endpoint.name == name:
+                return endpoint
+        known = ", ".join(e.name for e in self.endpoints) or "none"
+        raise ConfigError(f"no endpoint named '{name}' in endpoints (known: {known})")
+
+    def endpoint_models(self, names: list[str]) -> dict[str, str | None]:
+        """Model per endpoint name, what a fingerprint hashes; an unknown name is left for the stage to report."""
+        known = {endpoint.name: endpoint.model for endpoint in self.endpoints}
+        return {name: known.get(name) for name in names}
