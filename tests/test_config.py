@@ -65,3 +65,60 @@ def test_unknown_endpoint_name():
     config = load_config(None, ["endpoints=[{name: a}]"])
     with pytest.raises(ConfigError, match="no endpoint named 'b'.*known: a"):
         config.endpoint("b")
+
+
+def _config_models():
+    import inspect
+
+    import sefl_ray.config as config_package
+    from sefl_ray.config.schema import StrictModel
+
+    return [model for model in vars(config_package).values()
+            if inspect.isclass(model) and issubclass(model, StrictModel) and model is not StrictModel]
+
+
+def test_every_config_field_says_what_it_decides():
+    """A field without a `decides` mark would land on neither side of the fingerprints: this fails instead."""
+    from pydantic import Field as PydanticField
+
+    from sefl_ray.config.schema import StrictModel, decided_by, unmarked_fields
+
+    models = _config_models()
+    assert len(models) >= 18
+    assert unmarked_fields(models) == []
+
+    class Careless(StrictModel):  # a new field written with pydantic's own Field
+        knob: int = PydanticField(3)
+
+    assert unmarked_fields([Careless]) == ["Careless.knob"]
+    # and the marks are what the fingerprints read: speed knobs out, content and scope in
+    config = load_config(None, ["synth.concurrency=3", "synth.num_conversations=5"])
+    assert "concurrency" not in decided_by(config.synth) and decided_by(config.synth)["num_conversations"] == 5
+    assert "num_conversations" not in decided_by(config.synth, ("content",))
+
+
+def test_set_indexes_lists_by_position(tmp_path):
+    path = tmp_path / "two.yaml"
+    path.write_text("endpoints:\n  - {name: a, model: m1}\n  - {name: b, model: m2}\n")
+    config = load_config(path, ["endpoints.0.rpm=5", "endpoints.-1.model=m3"])
+    assert [(e.name, e.rpm, e.model) for e in config.endpoints] == [("a", 5, "m1"), ("b", None, "m3")]
+    with pytest.raises(ConfigError, match="'endpoints' has 2 entries; index 2 is out of range"):
+        load_config(path, ["endpoints.2.rpm=5"])
+    with pytest.raises(ConfigError, match="'endpoints' is a list; index it by position, e.g. endpoints.0"):
+        load_config(path, ["endpoints.a.rpm=5"])
+    with pytest.raises(ConfigError, match="'name' is not a section or a list"):
+        load_config(path, ["endpoints.0.name.first=x"])
+
+
+def test_infer_concurrency_counts_calls_across_all_callers():
+    """The removed meaning (calls per actor, times num_actors) is refused with what to write instead."""
+    with pytest.raises(ConfigError, match="write concurrency: 32 and drop num_actors"):
+        load_config(None, ["infer.mode=endpoint", "infer.num_actors=2", "infer.concurrency=16"])
+    assert load_config(None, ["infer.mode=local", "infer.num_actors=2"]).infer.num_actors == 2
+
+
+def test_serve_app_is_validated_like_every_section():
+    with pytest.raises(ConfigError, match="serve.app.max_batch_sise"):
+        load_config(None, ["serve.app.max_batch_sise=4"])
+    with pytest.raises(ConfigError, match="serve.app.max_batch_size"):
+        load_config(None, ["serve.app.max_batch_size=0"])
