@@ -7,15 +7,16 @@ input row gives one output row: a failed one keeps its reason.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from sefl_ray.cluster import init_ray
@@ -24,6 +25,7 @@ from sefl_ray.data.sft import to_chat_messages
 from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.layout import RunLayout
+from sefl_ray.llm.batch import EndpointBatch, RowOutcome, new_parts_dir, read_parts, run_endpoint_batches
 from sefl_ray.llm.usage import Usage, usage_of_rows
 from sefl_ray.progress import RowTally, track_progress
 
@@ -49,30 +51,27 @@ def run_infer(config: SeflConfig) -> Path:
     save_resolved_config(config, out_dir)
     init_ray(config.ray)
     started = time.monotonic()
-    with track_progress(f"infer {settings.name}", len(items), config.progress_interval_s) as progress:
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / settings.batch_size)))
-        worker_kwargs = {"config_json": config.model_dump_json(), "progress": progress}
-        if settings.mode == "local":
-            outputs = dataset.map_batches(
-                LocalModelWorker, fn_constructor_kwargs=worker_kwargs,
+    parts = new_parts_dir(out_dir, ".parts")  # the actors write here; one outputs.parquet is made from it below
+    if settings.mode == "local":
+        with track_progress(f"infer {settings.name}", len(items), config.progress_interval_s) as progress:
+            dataset = ray.data.from_items(items,
+                                          override_num_blocks=max(1, math.ceil(len(items) / settings.batch_size)))
+            dataset.map_batches(
+                LocalModelWorker, fn_constructor_kwargs={"config_json": config.model_dump_json(), "progress": progress},
                 batch_size=settings.batch_size, batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=settings.num_actors), num_cpus=1,
-            )
-        else:  # callers: as few as the endpoint's per-process cap allows, `concurrency` calls across them all
-            callers = math.ceil(settings.concurrency / config.endpoint(settings.endpoint).max_concurrency)
-            outputs = dataset.map_batches(
-                EndpointWorker, fn_constructor_kwargs=worker_kwargs,
-                batch_size=settings.batch_size, batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=callers, max_concurrent_calls_per_actor=max(
-                    1, math.ceil(settings.concurrency / (callers * settings.batch_size)))),
-                num_cpus=0.1,  # waits on the network: must not starve the read task of CPU
-            )
-        # a test set is small: gather it in the driver and write one file that every later stage reads
-        table = pa.concat_tables(list(outputs.iter_batches(batch_format="pyarrow", batch_size=None)))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    import pyarrow.parquet as pq
-
-    pq.write_table(table.cast(OUTPUT_SCHEMA), layout.infer_outputs(settings.name))
+            ).write_parquet(str(parts))
+    else:
+        job = EndpointBatch(label=f"infer {settings.name}", endpoints=[settings.endpoint], row_fn=endpoint_row,
+                            schema=OUTPUT_SCHEMA, concurrency=settings.concurrency, batch_size=settings.batch_size)
+        run_endpoint_batches(config, items, job, parts)
+    # a test set is small: every later stage reads one file, in the input's order
+    table = read_parts(parts, OUTPUT_SCHEMA)
+    order = {item["item_id"]: index for index, item in enumerate(items)}
+    ids = table["item_id"].to_pylist()
+    table = table.take(sorted(range(len(ids)), key=lambda i: order.get(ids[i], len(order))))
+    pq.write_table(table, layout.infer_outputs(settings.name))
+    shutil.rmtree(parts, ignore_errors=True)
     statuses = table["status"].to_pylist()
     usage = usage_of_rows(table.select(["prompt_tokens", "completion_tokens", "cost_usd", "status"]).to_pylist())
     summary = {"rows": len(statuses), "ok": statuses.count("ok"), "failed": len(statuses) - statuses.count("ok"),
@@ -180,36 +179,21 @@ class LocalModelWorker:
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
 
-class EndpointWorker:
-    """A Ray Data actor calling an endpoint: every row of a batch in flight at once."""
+async def endpoint_row(item: dict[str, Any], clients: dict[str, Any], config: SeflConfig) -> RowOutcome:
+    """One test row through the endpoint; a call that fails for good is a failed row with its reason."""
+    from sefl_ray.llm.client import EndpointCallFailed
 
-    def __init__(self, config_json: str, progress=None):
-        self.config = SeflConfig.model_validate_json(config_json)
-        self.progress = RowTally(progress)
-        self._client = None
-
-    async def __call__(self, batch: pa.Table) -> pa.Table:
-        from sefl_ray.llm.client import EndpointCallFailed, EndpointClient
-
-        settings = self.config.infer
-        if self._client is None:
-            self._client = EndpointClient(self.config.endpoint(settings.endpoint), self.config.retry)
-        model = self._client.endpoint.model
-
-        async def one(item):
-            try:
-                result = await self._client.chat(json.loads(item["messages"]), max_tokens=settings.max_new_tokens,
-                                                 temperature=settings.temperature, seed=self.config.seed)
-            except EndpointCallFailed as failure:
-                self.progress.add("failed", 0, failure.record.cost_usd)
-                return _output_row(item, model, status="failed", error=failure.record.error,
-                                   latency_s=failure.record.latency_s, cost_usd=failure.record.cost_usd)
-            record = result.record
-            self.progress.add("ok", record.prompt_tokens + record.completion_tokens, record.cost_usd)
-            return _output_row(item, model, feedback=result.text, prompt_tokens=record.prompt_tokens,
-                               completion_tokens=record.completion_tokens, latency_s=record.latency_s,
-                               cost_usd=record.cost_usd)
-
-        rows = await asyncio.gather(*(one(item) for item in batch.to_pylist()))
-        self.progress.flush()
-        return pa.Table.from_pylist(list(rows), schema=OUTPUT_SCHEMA)
+    settings = config.infer
+    client = clients[settings.endpoint]
+    try:
+        result = await client.chat(json.loads(item["messages"]), max_tokens=settings.max_new_tokens,
+                                   temperature=settings.temperature, seed=config.seed)
+    except EndpointCallFailed as failure:
+        record = failure.record
+        return RowOutcome(_output_row(item, client.endpoint.model, status="failed", error=record.error,
+                                      latency_s=record.latency_s, cost_usd=record.cost_usd),
+                          "failed", 0, record.cost_usd)
+    record = result.record
+    row = _output_row(item, client.endpoint.model, feedback=result.text, prompt_tokens=record.prompt_tokens,
+                      completion_tokens=record.completion_tokens, latency_s=record.latency_s, cost_usd=record.cost_usd)
+    return RowOutcome(row, "ok", record.prompt_tokens + record.completion_tokens, record.cost_usd)

@@ -14,27 +14,23 @@ Outputs under RUN_DIR/judge/:
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import logging
-import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
-from sefl_ray.cluster import init_ray
 from sefl_ray.config import JudgeConfig, SeflConfig, log_resolved_config, save_resolved_config
 from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.judge.prompts import pairwise_prompts, parse_choice, parse_scores, rubric_prompt
 from sefl_ray.layout import RunLayout
-from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
-from sefl_ray.progress import RowTally, track_progress
+from sefl_ray.llm.batch import EndpointBatch, RowOutcome, new_parts_dir, read_parts, run_endpoint_batches
 
 logger = logging.getLogger(__name__)
 
@@ -154,79 +150,40 @@ def plan_tasks(systems: dict[str, dict], settings: JudgeConfig, config: SeflConf
 
 
 def call_judges(config: SeflConfig, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    settings = config.judge
-    init_ray(config.ray)
-    limits = {name: Limit(config.endpoint(name).rpm, config.endpoint(name).tpm) for name in settings.judges
-              if config.endpoint(name).rpm or config.endpoint(name).tpm}
-    limiter = create_shared_rate_limiter(limits) if limits else None
-    # Each batch's calls run at once, so `concurrency` = batch size x batches in flight per actor x actors.
-    batch_size = min(settings.batch_size, math.ceil(settings.concurrency / settings.num_actors))
-    calls_per_actor = max(1, math.ceil(settings.concurrency / (settings.num_actors * batch_size)))
+    """Every task through its judge's endpoint; the actors write the rows, read back here in one table."""
+    settings, layout = config.judge, RunLayout(config.run_dir)
+    job = EndpointBatch(label="judge", endpoints=list(settings.judges), row_fn=judge_row, schema=JUDGMENT_SCHEMA,
+                        concurrency=settings.concurrency, batch_size=settings.batch_size,
+                        num_actors=settings.num_actors, cache_dir=layout.judge_call_cache)
+    parts = run_endpoint_batches(config, tasks, job, new_parts_dir(layout.judge_dir, ".calls"))
     try:
-        with track_progress("judge", len(tasks), config.progress_interval_s) as progress:
-            dataset = ray.data.from_items(tasks, override_num_blocks=max(1, math.ceil(len(tasks) / batch_size)))
-            judged = dataset.map_batches(
-                JudgeWorker, fn_constructor_kwargs={"config_json": config.model_dump_json(), "limiter": limiter,
-                                                    "progress": progress},
-                batch_size=batch_size, batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=settings.num_actors,
-                                                   max_tasks_in_flight_per_actor=2 * calls_per_actor,
-                                                   max_concurrent_calls_per_actor=calls_per_actor),
-                num_cpus=0.1,  # waits on the network: must not starve the read task of CPU
-            )
-            return [row for batch in judged.iter_batches(batch_format="pyarrow", batch_size=None)
-                    for row in batch.to_pylist()]
+        return read_parts(parts, JUDGMENT_SCHEMA).to_pylist()
     finally:
-        if limiter is not None:
-            ray.kill(limiter)
+        shutil.rmtree(parts, ignore_errors=True)
 
 
-class JudgeWorker:
-    """A Ray Data actor: each batch's judge calls concurrently, each judge through its own endpoint client."""
+async def judge_row(task: dict[str, Any], clients: dict[str, Any], config: SeflConfig) -> RowOutcome:
+    """One judge call: the raw answer and the verdict (or scores) read from it; a failed call is a failed row."""
+    from sefl_ray.llm.client import EndpointCallFailed
 
-    def __init__(self, config_json: str, limiter, progress=None):
-        self.config = SeflConfig.model_validate_json(config_json)
-        self.limiter, self.progress = limiter, RowTally(progress)
-        self._clients = None
-
-    async def __call__(self, batch: pa.Table) -> pa.Table:
-        if self._clients is None:
-            from sefl_ray.llm.cache import CallCache
-            from sefl_ray.llm.client import EndpointClient
-
-            cache = CallCache(RunLayout(self.config.run_dir).judge_call_cache)
-            self._clients = {name: EndpointClient(self.config.endpoint(name), self.config.retry,
-                                                  limiter=self.limiter, cache=cache)
-                             for name in self.config.judge.judges}
-        rows = await asyncio.gather(*(self._counted(task) for task in batch.to_pylist()))
-        self.progress.flush()
-        return pa.Table.from_pylist(list(rows), schema=JUDGMENT_SCHEMA)
-
-    async def _counted(self, task: dict[str, Any]) -> dict[str, Any]:
-        row = await self._one(task)
-        self.progress.add(row["status"], row["prompt_tokens"] + row["completion_tokens"], row["cost_usd"])
-        return row
-
-    async def _one(self, task: dict[str, Any]) -> dict[str, Any]:
-        from sefl_ray.llm.client import EndpointCallFailed
-
-        settings = self.config.judge
-        params: dict[str, Any] = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
-                                  "seed": self.config.seed}
-        if task["response_format"]:
-            params["response_format"] = json.loads(task["response_format"])
-        try:
-            result = await self._clients[task["judge"]].chat(json.loads(task["messages"]), **params)
-        except EndpointCallFailed as failure:
-            record = failure.record
-            return {**task, "status": "failed", "error": record.error, "latency_s": record.latency_s,
-                    "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": record.cost_usd, "cached": False,
-                    "finished_at": time.time()}
-        record = result.record
-        row = {**task, "raw": result.text, "prompt_tokens": record.prompt_tokens,
-               "completion_tokens": record.completion_tokens, "cost_usd": record.cost_usd, "cached": record.cached,
-               "latency_s": record.latency_s, "finished_at": time.time()}
-        return reparse(row)
+    settings = config.judge
+    params: dict[str, Any] = {"max_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                              "seed": config.seed}
+    if task["response_format"]:
+        params["response_format"] = json.loads(task["response_format"])
+    try:
+        result = await clients[task["judge"]].chat(json.loads(task["messages"]), **params)
+    except EndpointCallFailed as failure:
+        record = failure.record
+        row = {**task, "status": "failed", "error": record.error, "latency_s": record.latency_s,
+               "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": record.cost_usd, "cached": False,
+               "finished_at": time.time()}
+        return RowOutcome(row, "failed", 0, record.cost_usd)
+    record = result.record
+    row = reparse({**task, "raw": result.text, "prompt_tokens": record.prompt_tokens,
+                   "completion_tokens": record.completion_tokens, "cost_usd": record.cost_usd,
+                   "cached": record.cached, "latency_s": record.latency_s, "finished_at": time.time()})
+    return RowOutcome(row, row["status"], record.prompt_tokens + record.completion_tokens, record.cost_usd)
 
 
 def reparse(row: dict[str, Any]) -> dict[str, Any]:

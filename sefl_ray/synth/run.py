@@ -9,14 +9,12 @@ reached.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import math
 import random
 import time
-import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +28,8 @@ from sefl_ray.data.tables import write_jsonl
 from sefl_ray.layout import RunLayout
 from sefl_ray.errors import ConfigError
 from sefl_ray.llm.endpoint import check_api_keys
-from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
+from sefl_ray.llm.batch import EndpointBatch, RowOutcome, new_parts_dir, run_endpoint_batches
 from sefl_ray.llm.usage import Usage
-from sefl_ray.progress import RowTally, track_progress
 from sefl_ray.synth.prompts import PROMPT_VERSION
 from sefl_ray.synth.sources import load_sources
 
@@ -66,20 +63,16 @@ def run_synth(config: SeflConfig) -> Path:
     started = time.monotonic()
     skipped = 0
     if todo:
-        limits = {e.name: Limit(e.rpm, e.tpm) for e in role_endpoints if e.rpm or e.tpm}
-        limiter = create_shared_rate_limiter(limits) if limits else None
         capped = synth.budget_usd is not None or synth.budget_tokens is not None
         budget = BudgetActor.remote(synth.budget_usd, synth.budget_tokens) if capped else None
         needed = {plan["source_id"] for plan in todo}
         texts = ray.put({s["source_id"]: s["source_text"] for s in sources if s["source_id"] in needed})
         try:
-            with track_progress("synth", len(todo), config.progress_interval_s) as progress:
-                _write_records(config, todo, records_dir, fingerprint, limiter, budget, texts, progress)
+            _write_records(config, todo, records_dir, fingerprint, budget, texts)
             skipped = ray.get(budget.skipped.remote()) if budget is not None else 0
-        finally:  # the run's helper actors end with it, also in a long-lived Ray session
-            for actor in (budget, limiter):
-                if actor is not None:
-                    ray.kill(actor)
+        finally:  # the run's budget actor ends with it, also in a long-lived Ray session
+            if budget is not None:
+                ray.kill(budget)
     elapsed = time.monotonic() - started
 
     summary = summarize(iter_record_tables(records_dir, columns=["error", "usage"]), plans, elapsed, len(todo), skipped)
@@ -135,93 +128,60 @@ def plan_conversations(
     return plans
 
 
-def _write_records(config, todo, records_dir: Path, fingerprint: str, limiter, budget, texts, progress) -> None:
+def _write_records(config, todo, records_dir: Path, fingerprint: str, budget, texts) -> None:
     synth = config.synth
-    calls_per_actor = max(1, math.ceil(synth.concurrency / (synth.num_actors * synth.batch_size)))
-    per_actor = calls_per_actor * synth.batch_size
-    for role in ("teacher", "student"):
-        for name in synth.endpoint_names(role):
-            if per_actor > config.endpoint(name).max_concurrency:
-                logger.warning(
-                    "synth: %d conversations in flight per actor, but endpoint '%s' allows %d calls per process "
-                    "(max_concurrency): raise it or synth.num_actors to reach synth.concurrency=%d",
-                    per_actor, name, config.endpoint(name).max_concurrency, synth.concurrency)
-    dataset = ray.data.from_items(todo, override_num_blocks=max(1, math.ceil(len(todo) / synth.batch_size)))
-    records = dataset.map_batches(
-        ConversationWorker,
-        fn_constructor_kwargs={"config_json": config.model_dump_json(), "fingerprint": fingerprint,
-                               "limiter": limiter, "budget": budget, "texts": [texts], "progress": progress},
-        batch_size=synth.batch_size,
-        batch_format="pyarrow",
-        # a second block waits at each actor, so a finished one is replaced at once rather than on the
-        # scheduler's next tick; conversations in flight stay at `concurrency`
-        compute=ray.data.ActorPoolStrategy(
-            size=synth.num_actors, max_tasks_in_flight_per_actor=2 * calls_per_actor,
-            max_concurrent_calls_per_actor=calls_per_actor,
-        ),
-        num_cpus=0.1,  # conversations wait on the network: an actor must not starve the read task of CPU
+    job = EndpointBatch(
+        label="synth", endpoints=synth.endpoint_names("teacher") + synth.endpoint_names("student"),
+        row_fn=conversation_row, schema=RECORD_SCHEMA, concurrency=synth.concurrency, batch_size=synth.batch_size,
+        num_actors=synth.num_actors,
+        cache_dir=RunLayout(config.run_dir).synth_call_cache if synth.cache_calls else None,
+        setup=conversation_state, context={"fingerprint": fingerprint, "budget": budget, "texts": [texts]})
+    run_endpoint_batches(config, todo, job, new_parts_dir(records_dir))
+
+
+@dataclass
+class ConversationState:
+    """What each actor holds for its conversations: the passages, the settings, the budget."""
+
+    config: SeflConfig
+    texts: dict[str, str]
+    settings: Any
+    budget: Any
+
+
+def conversation_state(config: SeflConfig, context: dict[str, Any]) -> ConversationState:
+    from sefl_ray.synth.conversation import ConversationSettings
+
+    logging.getLogger("autogen_core").setLevel(logging.WARNING)
+    logging.getLogger("autogen_agentchat").setLevel(logging.WARNING)
+    synth = config.synth
+    settings = ConversationSettings(
+        preset=synth.preset, json_mode=synth.json_mode, temperature=synth.temperature,
+        max_new_tokens=min(synth.max_new_tokens, 256) if synth.preset == "sefl" else synth.max_new_tokens,
+        max_turns=synth.max_turns, config_fingerprint=context["fingerprint"],
     )
-    # A fresh folder per attempt: a killed attempt's files stay readable beside the next attempt's.
-    records.write_parquet(str(records_dir / f"attempt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"))
+    texts = ray.get(context["texts"][0])  # in a list: Ray resolves only top-level references
+    return ConversationState(config, texts, settings, context["budget"])
 
 
-class ConversationWorker:
-    """A Ray Data actor: runs each batch's conversations concurrently on its own event loop."""
+async def conversation_row(row: dict[str, Any], clients: dict[str, Any], state: ConversationState) -> RowOutcome:
+    """One conversation, unless the budget is spent. Several endpoints per role share the load, each conversation
+    pinned to one by its id so a re-run asks the same endpoint."""
+    from sefl_ray.synth.conversation import ConversationPlan, run_conversation
 
-    def __init__(self, config_json: str, fingerprint: str, limiter, budget, texts: list, progress=None):
-        self.config = SeflConfig.model_validate_json(config_json)
-        self.progress = RowTally(progress)
-        self.texts: dict[str, str] = ray.get(texts[0])  # in a list: Ray resolves only top-level references
-        self.fingerprint = fingerprint
-        self.limiter, self.budget = limiter, budget
-        self._clients = None
-        logging.getLogger("autogen_core").setLevel(logging.WARNING)
-        logging.getLogger("autogen_agentchat").setLevel(logging.WARNING)
-
-    async def __call__(self, batch: pa.Table) -> pa.Table:
-        from sefl_ray.synth.conversation import ConversationPlan
-
-        plans = [ConversationPlan(source_text=self.texts[row["source_id"]], **row) for row in batch.to_pylist()]
-        results = await asyncio.gather(*(self._one(plan, *self._clients_for(plan)) for plan in plans))
-        self.progress.flush()
-        return pa.Table.from_pylist([r for r in results if r is not None], schema=RECORD_SCHEMA)
-
-    async def _one(self, plan, teacher, student) -> dict[str, Any] | None:
-        from sefl_ray.synth.conversation import ConversationSettings, run_conversation
-
-        if self.budget is not None and not await self.budget.try_start.remote():
-            self.progress.add("skipped")
-            return None
-        synth = self.config.synth
-        settings = ConversationSettings(
-            preset=synth.preset, json_mode=synth.json_mode, temperature=synth.temperature,
-            max_new_tokens=min(synth.max_new_tokens, 256) if synth.preset == "sefl" else synth.max_new_tokens,
-            max_turns=synth.max_turns, config_fingerprint=self.fingerprint,
-        )
-        record = await run_conversation(plan, teacher, student, settings)
-        tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in record["usage"])
-        cost = sum(u["cost_usd"] or 0.0 for u in record["usage"])
-        if self.budget is not None:
-            await self.budget.charge.remote(tokens, cost)
-        priced = all(u["cost_usd"] is not None for u in record["usage"])
-        self.progress.add(record["status"], tokens, cost if priced else None)
-        return record
-
-    def _clients_for(self, plan):
-        """The teacher and student clients of one conversation: several endpoints per role share the load,
-        each conversation pinned to one by its id so a re-run asks the same endpoint."""
-        if self._clients is None:
-            from sefl_ray.llm.cache import CallCache
-            from sefl_ray.llm.client import EndpointClient
-
-            synth = self.config.synth
-            cache = CallCache(RunLayout(self.config.run_dir).synth_call_cache) if synth.cache_calls else None
-            names = dict.fromkeys(synth.endpoint_names("teacher") + synth.endpoint_names("student"))
-            self._clients = {name: EndpointClient(self.config.endpoint(name), self.config.retry,
-                                                  limiter=self.limiter, cache=cache) for name in names}
-        slot = int(plan.id[:8], 16)
-        teachers, students = self.config.synth.endpoint_names("teacher"), self.config.synth.endpoint_names("student")
-        return self._clients[teachers[slot % len(teachers)]], self._clients[students[slot % len(students)]]
+    if state.budget is not None and not await state.budget.try_start.remote():
+        return RowOutcome(None, "skipped")
+    plan = ConversationPlan(source_text=state.texts[row["source_id"]], **row)
+    slot = int(plan.id[:8], 16)
+    teachers, students = state.config.synth.endpoint_names("teacher"), state.config.synth.endpoint_names("student")
+    record = await run_conversation(plan, clients[teachers[slot % len(teachers)]],
+                                    clients[students[slot % len(students)]], state.settings)
+    tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in record["usage"])
+    cost = sum(u["cost_usd"] or 0.0 for u in record["usage"])
+    if state.budget is not None:
+        await state.budget.charge.remote(tokens, cost)
+    priced = all(u["cost_usd"] is not None for u in record["usage"])
+    return RowOutcome(record, record["status"], tokens, cost if priced else None)
 
 
 class _Budget:
