@@ -22,27 +22,31 @@ class SeflConfig(StrictModel):
         description="Where every stage writes its outputs: a local or mounted path (NFS, Lustre, a "
         "PVC); on a cluster, one every node sees. Object-store URIs work for train.storage_path only.",
     )
-    seed: int = Field(0, decides="content", description="Seed for sampling, splits, training, and the `seed` every "
-                      "infer and judge request sends.")
+    seed: int = Field(
+        0, decides="content",
+        description="Seed for sampling, splits, training, and the `seed` every "
+                      "infer and judge request sends.",
+    )
     progress_interval_s: float = Field(
         5.0, decides="execution", gt=0, le=60,
         description="Seconds between progress updates of synth, infer and judge (done, failed, "
-        "tokens, cost, ETA): a bar on a terminal, one log line per interval elsewhere.")
-    ray: RayConfig = Field(default_factory=RayConfig, decides="execution")
-    retry: RetryConfig = Field(default_factory=RetryConfig, decides="execution")
+        "tokens, cost, ETA): a bar on a terminal, one log line per interval elsewhere.",
+    )
+    ray: RayConfig = Field(decides="execution", default_factory=RayConfig)
+    retry: RetryConfig = Field(decides="execution", default_factory=RetryConfig)
     endpoints: list[EndpointConfig] = Field(
-        default_factory=list, decides="execution",
+        decides="execution", default_factory=list,
         description="OpenAI-compatible endpoints the stages may call, by name (a stage's fingerprint hashes the "
         "models of the endpoints it calls).",
     )
-    models: ModelsConfig = Field(default_factory=ModelsConfig, decides="content")
-    synth: SynthConfig = Field(default_factory=SynthConfig, decides="content")
-    export: ExportConfig = Field(default_factory=ExportConfig, decides="content")
-    serve: LocalServeConfig = Field(default_factory=LocalServeConfig, decides="content")
-    infer: InferConfig = Field(default_factory=InferConfig, decides="content")
-    train: TrainConfig = Field(default_factory=TrainConfig, decides="content")
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, decides="content")
-    annotate: AnnotateConfig = Field(default_factory=AnnotateConfig, decides="content")
+    models: ModelsConfig = Field(decides="content", default_factory=ModelsConfig)
+    synth: SynthConfig = Field(decides="content", default_factory=SynthConfig)
+    export: ExportConfig = Field(decides="content", default_factory=ExportConfig)
+    serve: LocalServeConfig = Field(decides="content", default_factory=LocalServeConfig)
+    infer: InferConfig = Field(decides="content", default_factory=InferConfig)
+    train: TrainConfig = Field(decides="content", default_factory=TrainConfig)
+    judge: JudgeConfig = Field(decides="content", default_factory=JudgeConfig)
+    annotate: AnnotateConfig = Field(decides="content", default_factory=AnnotateConfig)
 
     @field_validator("endpoints")
     @classmethod

@@ -17,23 +17,32 @@ class RayConfig(StrictModel):
         None, decides="execution",
         description="Ray cluster to join ('auto', 'ray://host:10001'); None: $RAY_ADDRESS, else a local Ray.",
     )
-    num_cpus: int | None = Field(None, decides="execution", ge=1,
-                                 description="CPUs of the local Ray; None: all of this machine's.")
-    object_store_mb: int = Field(512, decides="execution", ge=64, description="Object store size of the local Ray, in MiB.")
+    num_cpus: int | None = Field(
+        None, decides="execution", ge=1,
+        description="CPUs of the local Ray; None: all of this machine's.",
+    )
+    object_store_mb: int = Field(
+        512, decides="execution", ge=64,
+        description="Object store size of the local Ray, in MiB.",
+    )
     namespace: str = Field("sefl-ray", decides="execution", description="Ray namespace of the run's named actors.")
     runtime_env: dict[str, Any] = Field(
-        default_factory=dict, decides="execution",
+        decides="execution", default_factory=dict,
         description="Ray runtime_env for jobs on a cluster (pip, env_vars, working_dir…).",
     )
 
 
 class RetryConfig(StrictModel):
     max_attempts: int = Field(6, decides="execution", ge=1, description="Attempts per call, the first included.")
-    base_delay_s: float = Field(0.5, decides="execution", gt=0,
-                                description="First backoff delay; doubles each retry, with jitter.")
+    base_delay_s: float = Field(
+        0.5, decides="execution", gt=0,
+        description="First backoff delay; doubles each retry, with jitter.",
+    )
     max_delay_s: float = Field(30.0, decides="execution", gt=0, description="Cap on one backoff delay.")
-    max_retry_after_s: float = Field(120.0, decides="execution", gt=0,
-                                     description="Cap on a server's Retry-After that we honour.")
+    max_retry_after_s: float = Field(
+        120.0, decides="execution", gt=0,
+        description="Cap on a server's Retry-After that we honour.",
+    )
 
 
 class EndpointConfig(StrictModel):
@@ -42,31 +51,45 @@ class EndpointConfig(StrictModel):
     Its key is read from the environment variable it names when a client is built (`sefl_ray.llm.endpoint`), so a
     key never sits in a config object, a saved YAML, a log line or an output row."""
 
-    name: str = Field("local", decides="execution",
-                      description="Name used by stages to pick this endpoint and in usage reports.")
+    name: str = Field(
+        "local", decides="execution",
+        description="Name used by stages to pick this endpoint and in usage reports.",
+    )
     model: str = Field("embedded:smollm2-135m", decides="content", description="Model id sent in each request.")
-    base_url: str = Field("http://127.0.0.1:8000/v1", decides="execution",
-                          description="OpenAI-compatible base URL, ending in /v1.")
+    base_url: str = Field(
+        "http://127.0.0.1:8000/v1", decides="execution",
+        description="OpenAI-compatible base URL, ending in /v1.",
+    )
     api_key_env: str | None = Field(
         None, decides="execution",
         description="Environment variable holding the API key; None for local servers that need no key.",
     )
-    max_concurrency: int = Field(64, decides="execution", ge=1,
-                                 description="Calls in flight at once to this endpoint, per process.")
-    rpm: int | None = Field(None, decides="execution", ge=1,
-                            description="Requests per minute allowed across the whole run; None: no limit.")
-    tpm: int | None = Field(None, decides="execution", ge=1,
-                            description="Tokens per minute allowed across the whole run; None: no limit.")
+    max_concurrency: int = Field(
+        64, decides="execution", ge=1,
+        description="Calls in flight at once to this endpoint, per process.",
+    )
+    rpm: int | None = Field(
+        None, decides="execution", ge=1,
+        description="Requests per minute allowed across the whole run; None: no limit.",
+    )
+    tpm: int | None = Field(
+        None, decides="execution", ge=1,
+        description="Tokens per minute allowed across the whole run; None: no limit.",
+    )
     timeout_s: float = Field(120.0, decides="execution", gt=0, description="Timeout of one HTTP call, in seconds.")
-    price_input_per_1m: float | None = Field(None, decides="execution", ge=0,
-                                             description="USD per 1M prompt tokens; None: cost unknown.")
-    price_output_per_1m: float | None = Field(None, decides="execution", ge=0,
-                                              description="USD per 1M completion tokens; None: unknown.")
+    price_input_per_1m: float | None = Field(
+        None, decides="execution", ge=0,
+        description="USD per 1M prompt tokens; None: cost unknown.",
+    )
+    price_output_per_1m: float | None = Field(
+        None, decides="execution", ge=0,
+        description="USD per 1M completion tokens; None: unknown.",
+    )
 
 
 class ModelsConfig(StrictModel):
     prepare: list[str] = Field(
-        default_factory=lambda: ["embedded:smollm2-135m"], decides="content",
+        decides="content", default_factory=lambda: ["embedded:smollm2-135m"],
         description="Embedded models converted to HF folders before the stages run.",
     )
 
@@ -78,20 +101,28 @@ class SourcesConfig(StrictModel):
         "'hf:NAME[:SPLIT]' for a Hub dataset, or 'builtin:edu_passages' (48 passages shipped with sefl-ray).",
     )
     text_column: str = Field("text", decides="content", description="Column holding the passage (Fineweb-Edu: 'text').")
-    id_column: str | None = Field("id", decides="content",
-                                  description="Column with a stable id; None or absent: a hash of the text.")
+    id_column: str | None = Field(
+        "id", decides="content",
+        description="Column with a stable id; None or absent: a hash of the text.",
+    )
     min_chars: int = Field(200, decides="content", ge=0, description="Skip passages shorter than this.")
     max_chars: int = Field(6000, decides="content", ge=1, description="Skip passages longer than this.")
-    limit: int | None = Field(None, decides="content", ge=1,
-                              description="Use only the first N passages that pass the filters.")
+    limit: int | None = Field(
+        None, decides="content", ge=1,
+        description="Use only the first N passages that pass the filters.",
+    )
 
 
 class SynthConfig(StrictModel):
-    sources: SourcesConfig = Field(default_factory=SourcesConfig, decides="content")
-    samples_per_source: int = Field(1, decides="scope", ge=1,
-                                    description="Conversations per passage (different mistakes, seeds).")
-    num_conversations: int | None = Field(None, decides="scope", ge=1,
-                                          description="Cap on conversations; None: all planned.")
+    sources: SourcesConfig = Field(decides="content", default_factory=SourcesConfig)
+    samples_per_source: int = Field(
+        1, decides="scope", ge=1,
+        description="Conversations per passage (different mistakes, seeds).",
+    )
+    num_conversations: int | None = Field(
+        None, decides="scope", ge=1,
+        description="Cap on conversations; None: all planned.",
+    )
     teacher_endpoint: str | list[str] = Field(
         "local", decides="execution",
         description="Endpoint(s) that play the teacher; with several, conversations are spread over them. (Their "
@@ -101,12 +132,14 @@ class SynthConfig(StrictModel):
         "local", decides="execution",
         description="Endpoint(s) that play the student; with several, conversations are spread over them.",
     )
-    preset: Literal["default", "sefl"] = Field("default", decides="content",
-                                               description="Prompt preset; 'sefl' follows the paper.")
+    preset: Literal["default", "sefl"] = Field(
+        "default", decides="content",
+        description="Prompt preset; 'sefl' follows the paper.",
+    )
     min_mistakes: int = Field(1, decides="content", ge=1, description="Fewest deliberate mistakes per answer.")
     max_mistakes: int = Field(3, decides="content", ge=1, description="Most deliberate mistakes per answer.")
     mistake_kinds: list[str] = Field(
-        default_factory=lambda: ["factual", "reasoning", "calculation", "omission", "misreading"], decides="content",
+        decides="content", default_factory=lambda: ["factual", "reasoning", "calculation", "omission", "misreading"],
         description="Kinds of mistake sampled per row (see sefl_ray.synth.prompts.MISTAKE_DESCRIPTIONS).",
     )
     json_mode: Literal["json_schema", "json_object", "off"] = Field(
@@ -115,18 +148,32 @@ class SynthConfig(StrictModel):
     )
     temperature: float = Field(0.7, decides="content", ge=0, le=2)
     max_new_tokens: int = Field(512, decides="content", ge=16, description="Per turn; the sefl preset uses 256.")
-    max_turns: int = Field(5, decides="content", ge=3, description="Agent turns per conversation, repair turns included.")
+    max_turns: int = Field(
+        5, decides="content", ge=3,
+        description="Agent turns per conversation, repair turns included.",
+    )
     concurrency: int = Field(32, decides="execution", ge=1, description=f"Conversations in flight {CONCURRENCY_DOC}.")
-    num_actors: int = Field(2, decides="execution", ge=1,
-                            description="Ray Data actors running conversations (async, many per actor).")
+    num_actors: int = Field(
+        2, decides="execution", ge=1,
+        description="Ray Data actors running conversations (async, many per actor).",
+    )
     batch_size: int = Field(8, decides="execution", ge=1, description=BATCH_DOC)
-    retry_failed: bool = Field(True, decides="execution",
-                               description="On a re-run, try failed rows again (ok rows are always kept).")
-    budget_usd: float | None = Field(None, decides="scope", gt=0, description="Stop starting conversations past this cost.")
-    budget_tokens: int | None = Field(None, decides="scope", gt=0,
-                                      description="Stop starting conversations past this many tokens.")
-    cache_calls: bool = Field(True, decides="execution",
-                              description="Cache answered calls on disk so a resumed run pays for none twice.")
+    retry_failed: bool = Field(
+        True, decides="execution",
+        description="On a re-run, try failed rows again (ok rows are always kept).",
+    )
+    budget_usd: float | None = Field(
+        None, decides="scope", gt=0,
+        description="Stop starting conversations past this cost.",
+    )
+    budget_tokens: int | None = Field(
+        None, decides="scope", gt=0,
+        description="Stop starting conversations past this many tokens.",
+    )
+    cache_calls: bool = Field(
+        True, decides="execution",
+        description="Cache answered calls on disk so a resumed run pays for none twice.",
+    )
 
     def endpoint_names(self, role: Literal["teacher", "student"]) -> list[str]:
         names = self.teacher_endpoint if role == "teacher" else self.student_endpoint
@@ -170,15 +217,26 @@ class InferConfig(StrictModel):
         description="'endpoint': call an OpenAI-compatible endpoint; 'local': model actors on Ray.",
     )
     endpoint: str = Field("local", decides="content", description="Endpoint name in mode 'endpoint'.")
-    model: str = Field("embedded:smollm2-135m", decides="content", description="Model (name or folder) in mode 'local'.")
+    model: str = Field(
+        "embedded:smollm2-135m", decides="content",
+        description="Model (name or folder) in mode 'local'.",
+    )
     max_new_tokens: int = Field(256, decides="content", ge=1)
     temperature: float = Field(0.0, decides="content", ge=0, le=2, description="0: greedy, reproducible.")
-    batch_size: int = Field(8, decides="content", ge=1, description=f"{BATCH_DOC} In mode 'local' one generate call "
-                            "(padding in a batch can move a greedy token, so it counts as content).")
-    num_actors: int = Field(1, decides="execution", ge=1, description="Model actors in mode 'local' (each holds the "
-                            "model). In mode 'endpoint' `concurrency` alone sizes the callers.")
-    concurrency: int = Field(16, decides="execution", ge=1,
-                             description=f"Calls in flight {CONCURRENCY_DOC} in mode 'endpoint'.")
+    batch_size: int = Field(
+        8, decides="content", ge=1,
+        description=f"{BATCH_DOC} In mode 'local' one generate call "
+                            "(padding in a batch can move a greedy token, so it counts as content).",
+    )
+    num_actors: int = Field(
+        1, decides="execution", ge=1,
+        description="Model actors in mode 'local' (each holds the "
+                            "model). In mode 'endpoint' `concurrency` alone sizes the callers.",
+    )
+    concurrency: int = Field(
+        16, decides="execution", ge=1,
+        description=f"Calls in flight {CONCURRENCY_DOC} in mode 'endpoint'.",
+    )
     limit: int | None = Field(None, decides="scope", ge=1, description="Use only the first N rows.")
 
     @model_validator(mode="after")
@@ -195,13 +253,15 @@ class JudgeConfig(StrictModel):
     """LLM judges over the outputs of two or more systems, aligned by item id."""
 
     inputs: list[str] = Field(
-        default_factory=list, decides="content",
+        decides="content", default_factory=list,
         description="System outputs: `infer` parquet files (the system is their folder's name) or CSV/JSONL with "
         "item_id, prompt, system, feedback; empty: every RUN_DIR/infer/*/outputs.parquet.",
     )
-    judges: list[str] = Field(default_factory=lambda: ["local"], decides="content",
-                              description="Endpoint names, judged concurrently; each names one judge, counted once "
-                              "in the majority.")
+    judges: list[str] = Field(
+        decides="content", default_factory=lambda: ["local"],
+        description="Endpoint names, judged concurrently; each names one judge, counted once "
+                              "in the majority.",
+    )
     mode: Literal["pairwise", "rubric", "both"] = Field("both", decides="content")
     preset: Literal["default", "sefl"] = Field(
         "default", decides="content",
@@ -209,17 +269,27 @@ class JudgeConfig(StrictModel):
         "protocol, one single-character A/B answer per criterion (accuracy, actionability, conciseness, tone).",
     )
     temperature: float = Field(0.0, decides="content", ge=0, le=2)
-    max_new_tokens: int = Field(256, decides="content", ge=1,
-                                description="Tokens per judge answer (1 is enough for 'sefl').")
+    max_new_tokens: int = Field(
+        256, decides="content", ge=1,
+        description="Tokens per judge answer (1 is enough for 'sefl').",
+    )
     concurrency: int = Field(32, decides="execution", ge=1, description=f"Judge calls in flight {CONCURRENCY_DOC}.")
-    num_actors: int = Field(1, decides="execution", ge=1,
-                            description="Ray Data actors making judge calls (async, many per actor).")
-    batch_size: int = Field(8, decides="execution", ge=1, description=f"{BATCH_DOC} A batch holds its slots until "
-                            "its slowest call ends, so keep it well below `concurrency`.")
+    num_actors: int = Field(
+        1, decides="execution", ge=1,
+        description="Ray Data actors making judge calls (async, many per actor).",
+    )
+    batch_size: int = Field(
+        8, decides="execution", ge=1,
+        description=f"{BATCH_DOC} A batch holds its slots until "
+                            "its slowest call ends, so keep it well below `concurrency`.",
+    )
     limit: int | None = Field(None, decides="scope", ge=1, description="Judge only the first N items.")
-    n_bootstrap: int = Field(1000, decides="content", ge=0, description="Bootstrap resamples for the 95 % CIs (0: none).")
+    n_bootstrap: int = Field(
+        1000, decides="content", ge=0,
+        description="Bootstrap resamples for the 95 % CIs (0: none).",
+    )
     human_ratings: list[str] = Field(
-        default_factory=list, decides="content",
+        decides="content", default_factory=list,
         description="Human ratings (long form) to compare the judges with in `agreement`.",
     )
 

@@ -10,9 +10,15 @@ from sefl_ray.config.schema import Field, StrictModel
 
 
 class AutoscalingSettings(StrictModel):
-    min_replicas: int = Field(1, ge=0, description="Fewest replicas; 0 lets an idle app scale to zero.", decides="execution")
-    max_replicas: int = Field(2, ge=1, description="Most replicas.", decides="execution")
-    target_ongoing_requests: float = Field(8, gt=0, description="Requests per replica Serve scales towards.", decides="execution")
+    min_replicas: int = Field(
+        1, decides="execution", ge=0,
+        description="Fewest replicas; 0 lets an idle app scale to zero.",
+    )
+    max_replicas: int = Field(2, decides="execution", ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(
+        8, decides="execution", gt=0,
+        description="Requests per replica Serve scales towards.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "AutoscalingSettings":
@@ -25,35 +31,73 @@ class ServeAppConfig(StrictModel):
     """One OpenAI-compatible app: which model, how requests are batched, adapters, auth and replicas."""
 
     model: str = Field(
-        "embedded:smollm2-135m", description="'embedded:<name>', a local HF folder, or a Hub id (loaded offline).", decides="content"
+        "embedded:smollm2-135m", decides="content",
+        description="'embedded:<name>', a local HF folder, or a Hub id (loaded offline).",
     )
-    served_model_name: str | None = Field(None, description="The name clients put in `model`; None: `model`.", decides="content")
+    served_model_name: str | None = Field(
+        None, decides="content",
+        description="The name clients put in `model`; None: `model`.",
+    )
     engine: Literal["transformers", "vllm"] = Field(
-        "transformers", description="'transformers' runs on CPU or GPU; 'vllm' is not wired here (needs ray[llm]).", decides="content"
+        "transformers", decides="content",
+        description="'transformers' runs on CPU or GPU; 'vllm' is not wired here (needs ray[llm]).",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weights' dtype.", decides="content")
-    device: str | None = Field(None, description="'cpu', 'cuda', 'cuda:1'…; None: a GPU if there is one.", decides="execution")
-    max_model_len: int | None = Field(None, ge=16, description="Context cap in tokens; None: the model's own.", decides="content")
-    default_max_tokens: int = Field(256, ge=1, description="max_tokens of a request that does not set it.", decides="content")
-    batching: bool = Field(True, description="Gather concurrent requests into batches; False: one at a time.", decides="execution")
-    max_batch_size: int = Field(8, ge=1, description="Most requests in one batch.", decides="execution")
-    batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long a batch waits to fill after its first.", decides="execution")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", decides="content",
+        description="Weights' dtype.",
+    )
+    device: str | None = Field(
+        None, decides="execution",
+        description="'cpu', 'cuda', 'cuda:1'…; None: a GPU if there is one.",
+    )
+    max_model_len: int | None = Field(
+        None, decides="content", ge=16,
+        description="Context cap in tokens; None: the model's own.",
+    )
+    default_max_tokens: int = Field(
+        256, decides="content", ge=1,
+        description="max_tokens of a request that does not set it.",
+    )
+    batching: bool = Field(
+        True, decides="execution",
+        description="Gather concurrent requests into batches; False: one at a time.",
+    )
+    max_batch_size: int = Field(8, decides="execution", ge=1, description="Most requests in one batch.")
+    batch_wait_timeout_s: float = Field(
+        0.02, decides="execution", ge=0,
+        description="How long a batch waits to fill after its first.",
+    )
     adapters: dict[str, str] = Field(
-        default_factory=dict, description="LoRA adapters clients can name in `model`: name -> PEFT folder.", decides="content"
+        decides="content", default_factory=dict,
+        description="LoRA adapters clients can name in `model`: name -> PEFT folder.",
     )
-    max_adapters_per_replica: int = Field(4, ge=1, description="Adapters held at once; the least recent goes.", decides="execution")
+    max_adapters_per_replica: int = Field(
+        4, decides="execution", ge=1,
+        description="Adapters held at once; the least recent goes.",
+    )
     api_key_env: str | None = Field(
-        None, description="Env var holding the key clients must send as 'Authorization: Bearer'; unset: no auth.", decides="execution"
+        None, decides="execution",
+        description="Env var holding the key clients must send as 'Authorization: Bearer'; unset: no auth.",
     )
-    num_replicas: int = Field(1, ge=1, description="Fixed replica count, used when `autoscaling` is None.", decides="execution")
-    autoscaling: AutoscalingSettings | None = Field(None, description="Replica bounds and target; None: fixed.", decides="execution")
-    max_ongoing_requests: int = Field(64, ge=1, description="Requests a replica accepts at once (>= batch size).", decides="execution")
-    num_cpus: float = Field(1, ge=0, description="CPUs each replica reserves.", decides="execution")
+    num_replicas: int = Field(
+        1, decides="execution", ge=1,
+        description="Fixed replica count, used when `autoscaling` is None.",
+    )
+    autoscaling: AutoscalingSettings | None = Field(
+        None, decides="execution",
+        description="Replica bounds and target; None: fixed.",
+    )
+    max_ongoing_requests: int = Field(
+        64, decides="execution", ge=1,
+        description="Requests a replica accepts at once (>= batch size).",
+    )
+    num_cpus: float = Field(1, decides="execution", ge=0, description="CPUs each replica reserves.")
     torch_threads: int | None = Field(
-        None, ge=1, description="Torch threads per replica; None: Ray's default, one per reserved CPU. More than "
-        "num_cpus lets a CPU replica use cores it shares with light work (API callers) without reserving them.", decides="execution"
+        None, decides="execution", ge=1,
+        description="Torch threads per replica; None: Ray's default, one per reserved CPU. More than "
+        "num_cpus lets a CPU replica use cores it shares with light work (API callers) without reserving them.",
     )
-    num_gpus: float = Field(0, ge=0, description="GPUs each replica reserves.", decides="execution")
+    num_gpus: float = Field(0, decides="execution", ge=0, description="GPUs each replica reserves.")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServeAppConfig":
@@ -73,10 +117,12 @@ class ServeAppConfig(StrictModel):
 
 class LocalServeConfig(StrictModel):
     enabled: bool = Field(
-        False, description="Start a Ray Serve app on this Ray before the stages that call endpoints (local demo).", decides="execution"
+        False, decides="execution",
+        description="Start a Ray Serve app on this Ray before the stages that call endpoints (local demo).",
     )
-    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy listens on.", decides="execution")
-    port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.", decides="execution")
+    host: str = Field("127.0.0.1", decides="execution", description="Address the Serve HTTP proxy listens on.")
+    port: int = Field(8000, decides="execution", ge=1, le=65535, description="Port of the Serve HTTP proxy.")
     app: ServeAppConfig = Field(
-        default_factory=ServeAppConfig, description="The app's model, batching and replicas (ServeAppConfig).", decides="content"
+        decides="content", default_factory=ServeAppConfig,
+        description="The app's model, batching and replicas (ServeAppConfig).",
     )

@@ -16,8 +16,9 @@ from sefl_ray.llm.usage import Usage
 from sefl_ray.report import plots
 from sefl_ray.report.sections import LENGTH_HEADER, embedded_note, fmt, length_row, not_run, read_json, section
 
-RECORD_COLUMNS = ["error", "mistake_kinds", "errors", "feedback_items", "assignment", "submission", "feedback",
-                  "teacher_model", "student_model"]
+# the record columns this part reads (a file at a time, never the source passages)
+REPORTED_RECORD_COLUMNS = ["error", "mistake_kinds", "errors", "feedback_items", "assignment", "submission",
+                           "feedback", "teacher_model", "student_model"]
 
 
 def data_sections(run_dir: Path) -> list[dict[str, Any]]:
@@ -43,7 +44,7 @@ def record_stats(records_dir: Path) -> dict[str, Any]:
     stats: dict[str, Any] = {"sampled": Counter(), "sampled_ok": Counter(), "written": Counter(),
                              "feedback_items": 0, "asked_ok": 0, "error_examples": {}, "teachers": set(),
                              "students": set(), "lengths": {"assignment": [], "answer": [], "feedback": []}}
-    for table in iter_record_tables(records_dir, columns=RECORD_COLUMNS):
+    for table in iter_record_tables(records_dir, columns=REPORTED_RECORD_COLUMNS):
         for row in table.to_pylist():
             kinds = row["mistake_kinds"] or []
             stats["sampled"].update(kinds)

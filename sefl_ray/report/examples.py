@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sefl_ray.data.records import iter_record_tables
+from sefl_ray.layout import RunLayout
 from sefl_ray.report.inference import read_outputs, system_names
 from sefl_ray.report.sections import not_run, section, short_path
 
@@ -28,16 +29,16 @@ JUDGMENT_COLUMNS = ["kind", "judge", "model", "item_id", "system_a", "system_b",
 
 
 def example_sections(run_dir: Path) -> list[dict[str, Any]]:
-    infer_dir = run_dir / "infer"
-    names = system_names(infer_dir)
+    layout = RunLayout(run_dir)
+    names = system_names(layout)
     if not names:
-        return [not_run("infer", infer_dir / "<system>" / "outputs.parquet", run_dir)]
-    outputs = {name: {row["item_id"]: row for row in read_outputs(infer_dir, name)} for name in names}
+        return [not_run("infer", layout.infer_outputs("<system>"), run_dir)]
+    outputs = {name: {row["item_id"]: row for row in read_outputs(layout, name)} for name in names}
     shared = sorted(set.intersection(*(set(rows) for rows in outputs.values())))
     chosen = shared[:N_EXAMPLES]
-    texts = _assignments(run_dir / "synth" / "records", chosen)
-    verdicts, scores = _judgments(run_dir / "judge" / "judgments.parquet", chosen)
-    judged = (run_dir / "judge" / "judgments.parquet").exists()
+    texts = _assignments(layout.synth_records, chosen)
+    verdicts, scores = _judgments(layout.judgments, chosen)
+    judged = layout.judgments.exists()
     examples = []
     for item in chosen:
         first = outputs[names[0]][item]

@@ -8,31 +8,32 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from sefl_ray.layout import RunLayout
 from sefl_ray.report import plots
 from sefl_ray.report.sections import LENGTH_HEADER, fmt, length_row, not_run, read_json, section, short_path
 
 SYSTEM_ORDER = ("base", "tuned")
 
 
-def system_names(infer_dir: Path) -> list[str]:
+def system_names(layout: RunLayout) -> list[str]:
     """Every system with outputs, base and tuned first, the rest by name."""
-    names = sorted(path.parent.name for path in infer_dir.glob("*/outputs.parquet"))
+    names = [path.parent.name for path in layout.all_infer_outputs()]
     return sorted(names, key=lambda name: (SYSTEM_ORDER.index(name) if name in SYSTEM_ORDER else len(SYSTEM_ORDER),
                                            name))
 
 
-def read_outputs(infer_dir: Path, name: str) -> list[dict[str, Any]]:
+def read_outputs(layout: RunLayout, name: str) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(infer_dir / name / "outputs.parquet").to_pylist()
+    return pq.read_table(layout.infer_outputs(name)).to_pylist()
 
 
 def inference_sections(run_dir: Path) -> list[dict[str, Any]]:
-    infer_dir = run_dir / "infer"
-    names = system_names(infer_dir)
+    layout = RunLayout(run_dir)
+    names = system_names(layout)
     if not names:
-        return [not_run("infer", infer_dir / "<system>" / "outputs.parquet", run_dir)]
-    outputs = {name: read_outputs(infer_dir, name) for name in names}
+        return [not_run("infer", layout.infer_outputs("<system>"), run_dir)]
+    outputs = {name: read_outputs(layout, name) for name in names}
     lengths = {name: [len(r["feedback"] or "") for r in rows if r["status"] == "ok"] for name, rows in outputs.items()}
     sections = [
         section("Systems", _paired_note(outputs), table=_systems_table(run_dir, outputs)),
@@ -49,13 +50,13 @@ def inference_sections(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _systems_table(run_dir: Path, outputs: dict[str, list[dict]]) -> tuple[list[str], list[list[Any]]]:
-    infer_dir = run_dir / "infer"
+    layout = RunLayout(run_dir)
     rows = []
     for name, items in outputs.items():
         ok = [r for r in items if r["status"] == "ok"]
-        cap = _max_new_tokens(infer_dir / name / "config.yaml")
+        cap = _max_new_tokens(layout.infer_system_dir(name) / "config.yaml")
         at_cap = (f"{sum(r['completion_tokens'] >= cap for r in ok)} of {len(ok)}" if cap and ok else "n/a")
-        summary_path = infer_dir / name / "summary.json"
+        summary_path = layout.infer_summary(name)
         summary = read_json(summary_path) if summary_path.exists() else {}
         models = sorted({short_path(r["model"], run_dir) for r in items if r["model"]})
         rows.append([name, ", ".join(models), summary.get("mode", ""), len(items), len(ok), len(items) - len(ok),

@@ -25,8 +25,7 @@ from sefl_ray.stages import STAGES, resolve
 logger = logging.getLogger(__name__)
 
 # What any stage leaves behind; a run dir with none of them has nothing to report.
-STAGE_OUTPUTS = ["manifest.json", "synth/summary.json", "train/metrics.jsonl", "infer/*/outputs.parquet",
-                 "judge/summary.json"]
+STAGE_OUTPUTS = ["manifest.json", "*/summary.json", "train/metrics.jsonl", "infer/*/outputs.parquet"]
 RUN_FILES = ["manifest.json", "config.yaml"]
 
 

@@ -9,20 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from sefl_ray.data.tables import read_jsonl
+from sefl_ray.layout import RunLayout
 from sefl_ray.report import plots
 from sefl_ray.report.sections import blank, fmt, not_run, read_json, section
 
 
 def training_sections(run_dir: Path) -> list[dict[str, Any]]:
-    train_dir = run_dir / "train"
-    metrics_path = train_dir / "metrics.jsonl"
+    layout = RunLayout(run_dir)
+    metrics_path = layout.train_metrics
     if not metrics_path.exists():
         return [not_run("train", metrics_path, run_dir)]
     history = read_jsonl(metrics_path)
     steps = [r for r in history if "loss" in r]
     evals = [r for r in history if r.get("eval_loss") is not None]
     resumed = [r for r in history if "resumed_from" in r]
-    summary_path = train_dir / "summary.json"
+    summary_path = layout.train_summary
     summary = read_json(summary_path) if summary_path.exists() else {}
     data = summary.get("data") or {}
     mfus = [r["mfu"] for r in steps if r.get("mfu") is not None]

@@ -21,6 +21,7 @@ import yaml
 from sefl_ray.config import TrainConfig
 from sefl_ray.data.tables import read_jsonl
 from sefl_ray.errors import InputNotFoundError, SeflError
+from sefl_ray.layout import RunLayout
 from sefl_ray.train.data import ensure_chat_template
 from sefl_ray.train.loop import META_FILE, METRICS_FILE, PROBE_FILE, apply_lora
 from sefl_ray.train.strategies import DEEPSPEED_TAG
@@ -42,11 +43,11 @@ def merge_run(run: str | Path, *, checkpoint: str | None = None, out_dir: str | 
     if (run / META_FILE).exists():
         checkpoint_dir, default_out = run, run.parent
     else:
-        summary_path = run / "train" / "summary.json"
+        summary_path = RunLayout(run).train_summary
         if not summary_path.exists():
             raise InputNotFoundError(f"{run} is neither a run dir with train/summary.json nor a checkpoint folder")
         last = Path(json.loads(summary_path.read_text())["checkpoint"])
-        checkpoint_dir, default_out = _named_checkpoint(last, checkpoint), run / "train"
+        checkpoint_dir, default_out = _named_checkpoint(last, checkpoint), RunLayout(run).train_dir
     out_dir = Path(out_dir) if out_dir else default_out
     merge_checkpoint(checkpoint_dir, out_dir)
     return out_dir / "merged"
