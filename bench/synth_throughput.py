@@ -7,9 +7,10 @@ wall time as `run_synth` itself measures it (summary.json `elapsed_s`: actor sta
 parquet write, nothing subtracted); `steady_conv_per_s` counts only the rows after the first C, from the time the
 C-th finished to the last, i.e. without actor start-up and the first wave. `cpu_ms_per_conv` is the CPU time of
 this benchmark's own process tree (driver, Ray, actors, loopback server) per conversation, sampled while the level
-runs, and `actor_cpu_ms_per_conv` the part spent in the ConversationWorker actors: on a small machine, rows/s can
-never beat cores / that. `cores_used` is that tree's CPU time over the wall time: near the core count, the level
-is CPU-bound (other users of the machine lower the ceiling: the load average is printed and saved).
+runs, and `actor_cpu_ms_per_conv` the part spent in the endpoint-batch actors (`EndpointWorker`): on a small
+machine, rows/s can never beat cores / that. `cores_used` is that tree's CPU time over the wall time: near the
+core count, the level is CPU-bound (other users of the machine lower the ceiling: the load average is printed and
+saved).
 
 The main sweep's latency, 2 s a call, is that of a real model writing one of these turns (a few hundred tokens at
 100-200 tokens/s from a hosted API or a vLLM server); each level runs whole waves of C for about two minutes
@@ -155,7 +156,7 @@ def run_level(base_url: str, concurrency: int, rows: int, num_actors: int, batch
         "conv_per_s": done / summary["elapsed_s"], "conv_per_s_around": done / around_s,
         "steady_conv_per_s": steady, "first_row_s": finished[0] - started_unix,
         "cpu_ms_per_conv": 1000 * cpu.total_s() / done, "cores_used": cpu.total_s() / around_s,
-        "actor_cpu_ms_per_conv": 1000 * cpu.total_s("ConversationWorker") / done,
+        "actor_cpu_ms_per_conv": 1000 * cpu.total_s("EndpointWorker") / done,
         "server_cpu_ms_per_conv": 1000 * cpu.total_s("sefl_ray.testing.loopback") / done,
     }
 
@@ -288,7 +289,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128, 256])
     parser.add_argument("--target-s", type=float, default=120.0, help="rows per level: ideal rate x this, capped")
     parser.add_argument("--max-rows", type=int, default=6000, help="cap on rows per concurrency level")
-    parser.add_argument("--max-actors", type=int, default=2, help="ConversationWorker actors (one per core)")
+    parser.add_argument("--max-actors", type=int, default=2, help="endpoint-batch actors (one per core)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
     parser.add_argument("--sequential-rows", type=int, default=20)
     parser.add_argument("--control-latency-s", type=float, default=0.1, help="0: no control (stress) sweep")
