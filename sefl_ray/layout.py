@@ -8,7 +8,9 @@
     judge/    judgments.parquet, summary.json, ratings.parquet, agreement/agreement.json, call_cache/
     annotate/ study.sqlite, links.txt, export/ratings.jsonl   (annotate.study_dir moves the whole study)
     report/   report.html, report.md
-This module imports nothing of sefl-ray's, so the config, the registry and every stage can use it.
+This module imports nothing of sefl-ray's, so the config, the registry and every stage can use it. It names the
+folders and the files one stage hands to another; what lives inside a stage's own folder (checkpoint shards, the
+export's parquet copies, the study's links) is named by that stage.
 """
 
 from __future__ import annotations
@@ -86,6 +88,11 @@ class RunLayout:
     @property
     def train_merged(self) -> Path:
         return self.train_dir / "merged"
+
+    @property
+    def train_ray(self) -> Path:
+        """Ray Train's run folders (checkpoints), unless `train.storage_path` points elsewhere."""
+        return self.train_dir / "ray"
 
     # infer
     @property

@@ -2,7 +2,8 @@
 
 It is the pipeline's memory: a stage whose recorded fingerprint matches and whose outputs still exist is skipped.
 It is also the run's provenance for a reader: resolved config, package versions, git commit, and per stage its
-timing, rows, tokens, cost and artifact paths (the numbers come from each stage's `numbers` in the registry). It is rewritten after every stage, so an interrupted pipeline
+timing, rows, tokens, cost and artifact paths (the numbers come from each stage's `numbers` in the
+registry, `sefl_ray/stages.py`). It is rewritten after every stage, so an interrupted pipeline
 leaves an accurate record of what finished.
 """
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import ray
 
+from sefl_ray.usage import Usage
+
 logger = logging.getLogger(__name__)
 
 
@@ -28,7 +30,7 @@ class Counts:
     skipped: int = 0  # rows a budget stopped before they started: finished, without output
     tokens: int = 0
     cost_usd: float = 0.0
-    unpriced: int = 0  # finished rows that made a call without a known price
+    unpriced: int = 0  # calls without a known price (Usage's rule: their cost is not in cost_usd)
 
 
 @ray.remote(num_cpus=0)
@@ -57,16 +59,15 @@ class RowTally:
         self.pending = Counts()
         self.last_flush = time.monotonic()
 
-    def add(self, status: str, tokens: int = 0, cost_usd: float | None = 0.0) -> None:
-        """One finished row (`status`: ok, failed or skipped); `cost_usd` None: its calls have no known price."""
+    def add(self, status: str, usage: Usage | None = None) -> None:
+        """One finished row (`status`: ok, failed or skipped) and what its calls used."""
         self.pending.done += 1
         self.pending.failed += status not in ("ok", "skipped")
         self.pending.skipped += status == "skipped"
-        self.pending.tokens += tokens
-        if cost_usd is None:
-            self.pending.unpriced += 1
-        else:
-            self.pending.cost_usd += cost_usd
+        if usage is not None:
+            self.pending.tokens += usage.tokens
+            self.pending.cost_usd += usage.cost_usd
+            self.pending.unpriced += usage.unpriced_calls
         if time.monotonic() - self.last_flush >= self.flush_s:
             self.flush()
 
@@ -84,7 +85,7 @@ class RowTally:
 def format_line(label: str, counts: Counts, total: int, elapsed_s: float) -> str:
     rate = counts.done / elapsed_s if elapsed_s > 0 else 0.0
     eta = (total - counts.done) / rate if rate > 0 else None
-    cost = f"${counts.cost_usd:.4f}" + (f" (+{counts.unpriced} unpriced)" if counts.unpriced else "")
+    cost = Usage(cost_usd=counts.cost_usd, unpriced_calls=counts.unpriced).cost_text()
     skipped = f", {counts.skipped} skipped by budget" if counts.skipped else ""
     return (f"{label}: {counts.done}/{total} done, {counts.failed} failed{skipped}, {counts.tokens} tokens, {cost}, "
             f"{rate:.2f}/s, elapsed {_clock(elapsed_s)}, ETA {_clock(eta) if eta is not None else '?'}")

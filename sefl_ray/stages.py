@@ -72,7 +72,7 @@ STAGES: list[Stage] = [
           pipeline_entry="sefl_ray.models:prepare_run_models", sections=("models",), seeded=False),
     Stage("synth", "synthesize teacher/student feedback conversations (resumable)", "sefl_ray.synth.run:run_synth",
           sections=("synth",), endpoints=lambda config: config.synth.endpoint_names("teacher")
-          + config.synth.endpoint_names("student"), extra_inputs="sefl_ray.synth.run:prompt_inputs",
+          + config.synth.endpoint_names("student"), extra_inputs="sefl_ray.synth.run:stage_inputs",
           numbers="sefl_ray.synth.run:manifest_numbers",
           report=(ReportPart("data", "Data", "sefl_ray.report.data:data_sections"),),
           description="Run teacher/student conversations on Ray Data; re-running resumes where the last run "
@@ -83,7 +83,7 @@ STAGES: list[Stage] = [
           "columns and a card."),
     Stage("train", "fine-tune a causal LM on the exported pairs with Ray Train (+ merge)",
           "sefl_ray.train.run:run_train", pipeline_entry="sefl_ray.train.run:run_train_and_merge", upstream="export",
-          sections=("train",), exclude=frozenset({"train.merge"}), numbers="sefl_ray.train.run:manifest_numbers",
+          sections=("train",), numbers="sefl_ray.train.run:manifest_numbers",
           report=(ReportPart("training", "Training", "sefl_ray.report.training:training_sections"),),
           description="Supervised fine-tuning with Ray Train (DDP, FSDP2 or DeepSpeed ZeRO; full or LoRA); running "
           "it again resumes an interrupted run from its last checkpoint."),

@@ -110,11 +110,19 @@ def test_set_indexes_lists_by_position(tmp_path):
         load_config(path, ["endpoints.0.name.first=x"])
 
 
-def test_infer_concurrency_counts_calls_across_all_callers():
-    """The removed meaning (calls per actor, times num_actors) is refused with what to write instead."""
-    with pytest.raises(ConfigError, match="write concurrency: 32 and drop num_actors"):
-        load_config(None, ["infer.mode=endpoint", "infer.num_actors=2", "infer.concurrency=16"])
-    assert load_config(None, ["infer.mode=local", "infer.num_actors=2"]).infer.num_actors == 2
+def test_infer_concurrency_counts_calls_across_all_callers(tmp_path):
+    """The removed meaning (calls per actor, times num_actors) is refused with what to write instead, when endpoint
+    mode runs; the pipeline's local-mode infer keeps num_actors as model actors."""
+    from sefl_ray.infer.run import run_infer
+
+    config = load_config(None, [f"run_dir={tmp_path}", "infer.mode=endpoint", "infer.num_actors=2",
+                                "infer.concurrency=16"])
+    with pytest.raises(ConfigError, match="write infer.concurrency: 32 and drop num_actors"):
+        run_infer(config)
+    assert not (tmp_path / "infer").exists()
+    load_config(None, ["infer.mode=local", "infer.num_actors=2"]).infer.check_endpoint_callers()
+    with pytest.raises(ConfigError, match="judge.judges"):
+        load_config(None, ["judge.judges=[]"])
 
 
 def test_serve_app_is_validated_like_every_section():

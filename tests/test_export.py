@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from sefl_ray.export.dataset import ExportConfig, export_summary, run_export
+from sefl_ray.export.dataset import ExportConfig, export_dataset, export_summary
 from sefl_ray.data.hub import push_folder
 from sefl_ray.data.records import RECORD_SCHEMA, record_id
 from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, to_chat_messages
@@ -104,7 +104,7 @@ def exported(tmp_path_factory) -> Path:
     older, newer = all_rows()
     write_records(base / "records" / "a.parquet", older)
     write_records(base / "records" / "b.parquet", newer)
-    return run_export(base / "records", base / "out", ExportConfig(valid_fraction=0.25), seed=0)
+    return export_dataset(base / "records", base / "out", ExportConfig(valid_fraction=0.25), seed=0)
 
 
 def split_ids(out_dir: Path) -> dict[str, list[str]]:
@@ -198,8 +198,8 @@ def test_dataset_card_front_matter_and_numbers(exported):
 
 def test_split_is_seeded_and_independent_of_file_order(tmp_path, records_dir):
     config = ExportConfig(valid_fraction=0.25)
-    first = split_ids(run_export(records_dir, tmp_path / "a", config, seed=0))
-    again = split_ids(run_export(records_dir, tmp_path / "b", config, seed=0))
+    first = split_ids(export_dataset(records_dir, tmp_path / "a", config, seed=0))
+    again = split_ids(export_dataset(records_dir, tmp_path / "b", config, seed=0))
     assert first == again
 
     # The same records spread over files differently, in another order: the same split.
@@ -211,19 +211,19 @@ def test_split_is_seeded_and_independent_of_file_order(tmp_path, records_dir):
     write_records(other_dir / "z.parquet", [row for row in shuffled if row["id"] != duplicate_id][:8])
     write_records(other_dir / "a.parquet", [row for row in shuffled if row["id"] != duplicate_id][8:])
     write_records(other_dir / "m" / "dup.parquet", [row for row in shuffled if row["id"] == duplicate_id])
-    assert split_ids(run_export(other_dir, tmp_path / "c", config, seed=0)) == first
+    assert split_ids(export_dataset(other_dir, tmp_path / "c", config, seed=0)) == first
 
-    other_seed = split_ids(run_export(records_dir, tmp_path / "d", config, seed=1))
+    other_seed = split_ids(export_dataset(records_dir, tmp_path / "d", config, seed=1))
     assert set(other_seed["valid"]) != set(first["valid"])
     assert set(other_seed["valid"]) | set(other_seed["train"]) == set(first["valid"]) | set(first["train"])
 
     # Exporting again into the same folder replaces the old export instead of mixing with it.
-    assert split_ids(run_export(records_dir, tmp_path / "d", config, seed=0)) == first
+    assert split_ids(export_dataset(records_dir, tmp_path / "d", config, seed=0)) == first
 
 
 def test_min_valid_include_failed_and_system_prompt(tmp_path, records_dir):
     config = ExportConfig(valid_fraction=0.01, min_valid=2, include_failed=True, system_prompt="Be brief.")
-    out = run_export(records_dir, tmp_path / "out", config, seed=3, dataset_name="tiny test set")
+    out = export_dataset(records_dir, tmp_path / "out", config, seed=3, dataset_name="tiny test set")
     dataset = datasets.load_from_disk(str(out / "hf"))
     assert dataset["valid"].num_rows == 2 and dataset["train"].num_rows == N_OK + N_FAILED - 2
     assert dataset["train"].column_names == SEFL_COLUMNS + OWN_COLUMNS + ["status"]
@@ -238,22 +238,22 @@ def test_min_valid_include_failed_and_system_prompt(tmp_path, records_dir):
 def test_train_keeps_a_row_and_valid_is_never_empty(tmp_path):
     write_records(tmp_path / "records" / "two.parquet", [make_record(5), make_record(6)])
     config = ExportConfig(valid_fraction=0.9, min_valid=5)
-    dataset = datasets.load_from_disk(str(run_export(tmp_path / "records", tmp_path / "out", config) / "hf"))
+    dataset = datasets.load_from_disk(str(export_dataset(tmp_path / "records", tmp_path / "out", config) / "hf"))
     assert (dataset["train"].num_rows, dataset["valid"].num_rows) == (1, 1)
     write_records(tmp_path / "one" / "one.parquet", [make_record(5)])
     with pytest.raises(InputNotFoundError, match="at least 2"):
-        run_export(tmp_path / "one", tmp_path / "out1", ExportConfig())
+        export_dataset(tmp_path / "one", tmp_path / "out1", ExportConfig())
 
 
 def test_missing_or_unusable_records_are_clear_errors(tmp_path):
     with pytest.raises(InputNotFoundError, match="records folder not found"):
-        run_export(tmp_path / "nope", tmp_path / "out", ExportConfig())
+        export_dataset(tmp_path / "nope", tmp_path / "out", ExportConfig())
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputNotFoundError, match="no readable records"):
-        run_export(tmp_path / "empty", tmp_path / "out", ExportConfig())
+        export_dataset(tmp_path / "empty", tmp_path / "out", ExportConfig())
     write_records(tmp_path / "failed" / "x.parquet", [make_record(i, status="failed") for i in range(3)])
     with pytest.raises(InputNotFoundError, match="none of the 3 records .* is ok"):
-        run_export(tmp_path / "failed", tmp_path / "out", ExportConfig())
+        export_dataset(tmp_path / "failed", tmp_path / "out", ExportConfig())
     with pytest.raises(InputNotFoundError, match="run the export first"):
         export_summary(tmp_path / "out")
 

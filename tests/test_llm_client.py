@@ -10,8 +10,8 @@ from sefl_ray.config import RetryConfig, save_resolved_config, load_config
 from sefl_ray.errors import MissingSecretError
 from sefl_ray.llm.client import EndpointCallFailed, EndpointClient
 from sefl_ray.llm.endpoint import EndpointConfig
-from sefl_ray.llm.usage import usage_of
 from sefl_ray.testing.loopback import LoopbackConfig
+from sefl_ray.usage import usage_of
 
 FAST_RETRY = RetryConfig(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
 MESSAGES = [{"role": "user", "content": "Explain photosynthesis in one sentence."}]

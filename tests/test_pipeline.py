@@ -156,3 +156,13 @@ def test_a_changed_field_makes_its_stage_and_the_later_ones_stale(tmp_path, over
     before = stage_fingerprints(local_config(tmp_path))
     after = stage_fingerprints(local_config(tmp_path, override))
     assert {name for name in PIPELINE_NAMES if before[name] != after[name]} == stale
+
+
+def test_swapping_teacher_and_student_makes_synth_stale(tmp_path):
+    two = "endpoints=[{name: local, model: big-model}, {name: other, model: small-model}]"
+    before = stage_fingerprints(local_config(tmp_path, two, "synth.teacher_endpoint=local",
+                                             "synth.student_endpoint=other"))
+    after = stage_fingerprints(local_config(tmp_path, two, "synth.teacher_endpoint=other",
+                                            "synth.student_endpoint=local"))
+    assert {name for name in PIPELINE_NAMES if before[name] != after[name]} == {
+        "synth", "export", "train", "infer", "judge", "report"}

@@ -51,6 +51,10 @@ def test_faults_end_in_ok_or_failed_rows_none_missing(ray_session, tmp_path):
         assert {u["role"] for u in row["usage"]} == {"teacher", "student"}
     summary = json.loads((records_dir.parent / "summary.json").read_text())
     assert summary["ok"] == len(ok) and summary["failed"] == len(failed) and summary["missing"] == 0
+    from sefl_ray.stages import get_stage, stage_numbers
+
+    numbers = stage_numbers(get_stage("synth"), tmp_path / "run")  # what the manifest records
+    assert (numbers["rows"], numbers["ok"], numbers["failed"]) == (200, len(ok), len(failed))
 
 
 def test_invalid_json_gets_one_repair_turn_then_fails_with_raw_text(ray_session, tmp_path):

@@ -14,12 +14,12 @@ from sefl_ray.export.run import run_export
 from sefl_ray.infer.run import run_infer
 from sefl_ray.judge.run import run_judge
 from sefl_ray.layout import RunLayout
-from sefl_ray.llm.usage import Usage
 from sefl_ray.report.run import run_report
 from sefl_ray.stages import get_stage, stage_numbers
 from sefl_ray.synth.run import run_synth
 from sefl_ray.testing.loopback import LoopbackServer
 from sefl_ray.testing.schema_replies import grounded_schema_reply
+from sefl_ray.usage import Usage
 
 PRICE_IN, PRICE_OUT = 1000.0, 2000.0  # USD per 1M tokens: large, so every cost shows at 4 decimals
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator, model_validator
+from pydantic import field_validator
 
 from sefl_ray.config.schema import Field, StrictModel
+from sefl_ray.errors import ConfigError
 
 CONCURRENCY_DOC = "across all actors"  # the one meaning of `concurrency`, in every section that has one
-BATCH_DOC = "Rows per Ray Data batch: what one actor takes at once and writes as one piece of the output."
+BATCH_DOC = ("Rows per Ray Data batch: what one actor takes at once (at most concurrency / actors, since a batch "
+             "holds its slots until its slowest row ends).")
 
 
 class RayConfig(StrictModel):
@@ -239,14 +241,15 @@ class InferConfig(StrictModel):
     )
     limit: int | None = Field(None, decides="scope", ge=1, description="Use only the first N rows.")
 
-    @model_validator(mode="after")
-    def _endpoint_callers_from_concurrency(self) -> "InferConfig":
+    def check_endpoint_callers(self) -> None:
+        """In mode 'endpoint' `concurrency` alone sizes the callers; `num_actors` there is the removed meaning
+        (calls per actor times actors), refused with what to write instead. The pipeline runs infer in mode
+        'local', where `num_actors` counts model actors, so this is checked when endpoint mode runs."""
         if self.mode == "endpoint" and self.num_actors != 1:
-            raise ValueError(
-                f"num_actors counts model actors (mode 'local'); in mode 'endpoint' concurrency alone sets the calls "
-                f"in flight across all callers (it used to count them per actor): write concurrency: "
-                f"{self.num_actors * self.concurrency} and drop num_actors")
-        return self
+            raise ConfigError(
+                f"infer.num_actors counts model actors (mode 'local'); in mode 'endpoint' infer.concurrency alone "
+                f"sets the calls in flight across all callers (it used to count them per actor): write "
+                f"infer.concurrency: {self.num_actors * self.concurrency} and drop num_actors")
 
 
 class JudgeConfig(StrictModel):
@@ -258,9 +261,8 @@ class JudgeConfig(StrictModel):
         "item_id, prompt, system, feedback; empty: every RUN_DIR/infer/*/outputs.parquet.",
     )
     judges: list[str] = Field(
-        decides="content", default_factory=lambda: ["local"],
-        description="Endpoint names, judged concurrently; each names one judge, counted once "
-                              "in the majority.",
+        decides="content", default_factory=lambda: ["local"], min_length=1,
+        description="Endpoint names, judged concurrently; each names one judge, counted once in the majority.",
     )
     mode: Literal["pairwise", "rubric", "both"] = Field("both", decides="content")
     preset: Literal["default", "sefl"] = Field(

@@ -1,1 +1,1 @@
-"""What stages hand each other: the synthesized record, its SFT views, the SEFL-compatible export."""
+"""Shared data helpers: records (the synthesized row, read one best row per id), SFT text, tables."""

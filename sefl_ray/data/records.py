@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sefl_ray.llm.usage import Usage
+from sefl_ray.usage import Usage
 
 logger = logging.getLogger(__name__)
 

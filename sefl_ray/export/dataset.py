@@ -1,6 +1,6 @@
 """Turn synthesized records into a Hugging Face dataset with the published SEFL dataset's columns, plus a card.
 
-`run_export` reads the records (one row per id, see `read_records`), keeps the `ok` ones, splits them into `train`
+`export_dataset` reads the records (one row per id, see `read_records`), keeps the `ok` ones, splits them into `train`
 and `valid` by a seeded shuffle of the sorted ids (so the split depends on the seed only, never on file order), and
 writes the same `DatasetDict` three ways under the output folder:
 
@@ -31,7 +31,7 @@ from sefl_ray.config import ExportConfig, config_fingerprint
 from sefl_ray.data.records import add_role_usage, read_records
 from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, render_completion, render_prompt, to_chat_messages
 from sefl_ray.errors import InputNotFoundError
-from sefl_ray.llm.usage import Usage
+from sefl_ray.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ _STRING = datasets.Value("string")
 _MESSAGES = datasets.List({"role": _STRING, "content": _STRING})
 
 
-def run_export(
+def export_dataset(
     records_dir: str | Path,
     out_dir: str | Path,
     export_config: ExportConfig,
@@ -117,7 +117,7 @@ def run_export(
 
 
 def export_summary(out_dir: str | Path) -> dict[str, Any]:
-    """The numbers of an export (splits, record counts, fingerprints, models, usage), as `run_export` wrote them."""
+    """The numbers of an export (splits, record counts, fingerprints, models, usage), as `export_dataset` wrote them."""
     path = Path(out_dir) / SUMMARY_FILE
     if not path.is_file():
         raise InputNotFoundError(f"no export under {out_dir} ({SUMMARY_FILE} is missing): run the export first")

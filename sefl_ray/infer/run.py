@@ -26,8 +26,8 @@ from sefl_ray.data.tables import read_rows
 from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.layout import RunLayout
 from sefl_ray.llm.batch import EndpointBatch, RowOutcome, new_parts_dir, read_parts, run_endpoint_batches
-from sefl_ray.llm.usage import Usage, usage_of_rows
 from sefl_ray.progress import RowTally, track_progress
+from sefl_ray.usage import Usage, usage_of, usage_of_rows
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ OUTPUT_SCHEMA = pa.schema([
 
 def run_infer(config: SeflConfig) -> Path:
     settings = config.infer
+    settings.check_endpoint_callers()
     layout = RunLayout(config.run_dir)
     out_dir = layout.infer_system_dir(settings.name)
     items = load_items(config)
@@ -174,7 +175,8 @@ class LocalModelWorker:
                                       prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                                       latency_s=latency)
         for row in rows:  # the model's own compute: no price
-            self.progress.add(row["status"], row["prompt_tokens"] + row["completion_tokens"], 0.0)
+            self.progress.add(row["status"], Usage(prompt_tokens=row["prompt_tokens"],
+                                                   completion_tokens=row["completion_tokens"]))
         self.progress.flush()
         return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
 
@@ -192,8 +194,8 @@ async def endpoint_row(item: dict[str, Any], clients: dict[str, Any], config: Se
         record = failure.record
         return RowOutcome(_output_row(item, client.endpoint.model, status="failed", error=record.error,
                                       latency_s=record.latency_s, cost_usd=record.cost_usd),
-                          "failed", 0, record.cost_usd)
+                          "failed", usage_of([record]))
     record = result.record
     row = _output_row(item, client.endpoint.model, feedback=result.text, prompt_tokens=record.prompt_tokens,
                       completion_tokens=record.completion_tokens, latency_s=record.latency_s, cost_usd=record.cost_usd)
-    return RowOutcome(row, "ok", record.prompt_tokens + record.completion_tokens, record.cost_usd)
+    return RowOutcome(row, "ok", usage_of([record]))

@@ -31,6 +31,7 @@ from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.judge.prompts import pairwise_prompts, parse_choice, parse_scores, rubric_prompt
 from sefl_ray.layout import RunLayout
 from sefl_ray.llm.batch import EndpointBatch, RowOutcome, new_parts_dir, read_parts, run_endpoint_batches
+from sefl_ray.usage import usage_of
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ def human_ratings_paths(config: SeflConfig) -> list[str | Path]:
 def manifest_numbers(layout: RunLayout) -> dict[str, Any]:
     summary = json.loads(layout.judge_summary.read_text())
     calls = summary["calls"]
-    return {"rows": calls["total"], "ok": calls["ok"], "failed": calls["failed"], "cached": calls["cached"],
-            **summary["usage"]}
+    return {**summary["usage"], "rows": calls["total"], "ok": calls["ok"], "failed": calls["failed"],
+            "cached": calls["cached"]}
 
 
 def load_system_outputs(settings: JudgeConfig, layout: RunLayout) -> dict[str, dict[str, dict[str, str]]]:
@@ -178,12 +179,12 @@ async def judge_row(task: dict[str, Any], clients: dict[str, Any], config: SeflC
         row = {**task, "status": "failed", "error": record.error, "latency_s": record.latency_s,
                "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": record.cost_usd, "cached": False,
                "finished_at": time.time()}
-        return RowOutcome(row, "failed", 0, record.cost_usd)
+        return RowOutcome(row, "failed", usage_of([record]))
     record = result.record
     row = reparse({**task, "raw": result.text, "prompt_tokens": record.prompt_tokens,
                    "completion_tokens": record.completion_tokens, "cost_usd": record.cost_usd,
                    "cached": record.cached, "latency_s": record.latency_s, "finished_at": time.time()})
-    return RowOutcome(row, row["status"], record.prompt_tokens + record.completion_tokens, record.cost_usd)
+    return RowOutcome(row, row["status"], usage_of([record]))
 
 
 def reparse(row: dict[str, Any]) -> dict[str, Any]:

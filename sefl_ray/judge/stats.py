@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from sefl_ray.llm.usage import usage_of_rows
-from sefl_ray.judge.statistics import (Bootstrap, first_position, majority_vote, mean_ci, share, win_scores,
-                                       win_tally)
+from sefl_ray.judge.statistics import (
+    Bootstrap, first_position, majority_vote, mean_ci, share, win_scores, win_tally,
+)
+from sefl_ray.usage import usage_of_rows
 
 ENSEMBLE = "ensemble"
 

@@ -1,13 +1,14 @@
 """Rows through OpenAI-compatible endpoints on Ray Data: the one caller synth, infer and judge share.
 
     rows -> Ray Data blocks of `batch_size` -> async actors (each batch's rows in flight at once, several batches
-    per actor) -> parquet written by the actors into `out_dir`
+    per actor) -> parquet in `out_dir`, written by Ray Data straight from the actors' output (never through the
+    driver)
 
 It owns what every endpoint stage needs and would otherwise write again: the actor pool's size, one
 `EndpointClient` per endpoint in each actor (sharing the run's rate limiter and, if asked, the on-disk call cache),
 the progress counter, and the write. The two knobs mean the same in every stage:
     concurrency  rows in flight across all actors (a row is one call, or one conversation of several calls)
-    batch_size   rows per Ray Data batch: what one actor takes at once and writes as one piece
+    batch_size   rows per Ray Data batch: what one actor takes at once (at most concurrency / actors)
 A stage brings only its per-row coroutine: `row_fn(row, clients, state) -> RowOutcome`.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from sefl_ray.config import SeflConfig
+from sefl_ray.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +38,7 @@ class RowOutcome:
 
     row: dict[str, Any] | None
     status: str
-    tokens: int = 0
-    cost_usd: float | None = 0.0  # None: a call without a known price
+    usage: Usage = field(default_factory=Usage)
 
 
 RowFn = Callable[[dict[str, Any], dict[str, Any], Any], Awaitable[RowOutcome]]
@@ -65,10 +66,6 @@ class PoolSize:
     batch_size: int
     batches_per_actor: int
 
-    @property
-    def in_flight(self) -> int:
-        return self.actors * self.batch_size * self.batches_per_actor
-
 
 def pool_size(concurrency: int, batch_size: int, num_actors: int | None, max_per_process: int) -> PoolSize:
     """Actors x rows per batch x batches per actor = `concurrency` (rounded up). A batch holds its slots until its
@@ -79,13 +76,16 @@ def pool_size(concurrency: int, batch_size: int, num_actors: int | None, max_per
 
 
 def run_endpoint_batches(config: SeflConfig, rows: list[dict[str, Any]], job: EndpointBatch, out_dir: Path) -> Path:
-    """Run every row; the actors write their batches as parquet files under `out_dir`, which is returned."""
+    """Run every row; their outputs land as parquet files under `out_dir`, which is returned."""
     import ray
 
     from sefl_ray.cluster import init_ray
     from sefl_ray.llm.ratelimit import Limit, create_shared_rate_limiter
     from sefl_ray.progress import track_progress
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not rows:  # nothing to call: no actor pool to start
+        return out_dir
     init_ray(config.ray)
     endpoints = [config.endpoint(name) for name in dict.fromkeys(job.endpoints)]
     size = pool_size(job.concurrency, job.batch_size, job.num_actors, min(e.max_concurrency for e in endpoints))
@@ -160,5 +160,5 @@ class EndpointWorker:
 
     async def _one(self, row: dict[str, Any]) -> RowOutcome:
         outcome = await self.job.row_fn(row, self.clients, self.state)
-        self.progress.add(outcome.status, outcome.tokens, outcome.cost_usd)
+        self.progress.add(outcome.status, outcome.usage)
         return outcome

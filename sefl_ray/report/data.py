@@ -12,9 +12,9 @@ from typing import Any
 
 from sefl_ray.data.records import iter_record_tables
 from sefl_ray.layout import RunLayout
-from sefl_ray.llm.usage import Usage
 from sefl_ray.report import plots
 from sefl_ray.report.sections import LENGTH_HEADER, embedded_note, fmt, length_row, not_run, read_json, section
+from sefl_ray.usage import Usage
 
 # the record columns this part reads (a file at a time, never the source passages)
 REPORTED_RECORD_COLUMNS = ["error", "mistake_kinds", "errors", "feedback_items", "assignment", "submission",
@@ -115,7 +115,11 @@ def lengths_section(stats: dict) -> dict[str, Any]:
 
 def usage_section(summary: dict) -> dict[str, Any]:
     rows = []
-    for key, entry in (summary.get("usage_by_role") or {}).items():
+    # per role:model; a summary written before the Usage record kept them under `usage`
+    by_role = summary.get("usage_by_role")
+    if by_role is None and all(isinstance(entry, dict) for entry in (summary.get("usage") or {}).values()):
+        by_role = summary.get("usage") or {}
+    for key, entry in (by_role or {}).items():
         role, _, model = key.partition(":")
         usage = Usage.from_dict(entry)
         rows.append([role, model, usage.calls, usage.retries, usage.prompt_tokens, usage.completion_tokens,

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from sefl_ray.layout import RunLayout
-from sefl_ray.llm.usage import Usage
 from sefl_ray.report import plots
 from sefl_ray.report.sections import ci, embedded_note, fmt, not_run, read_json, section
+from sefl_ray.usage import Usage
 
 
 def judge_sections(run_dir: Path) -> list[dict[str, Any]]:
@@ -51,7 +51,10 @@ def judge_sections(run_dir: Path) -> list[dict[str, Any]]:
     if rubric:
         sections.append(section("Rubric scores", "Mean score 1–5 per dimension and system, with 95 % CIs.",
                                 table=rubric_table(rubric), plot=plots.rubric(rubric)))
-    calls, usage = summary["calls"], Usage.from_dict(summary.get("usage") or {})
+    calls = summary["calls"]
+    # a summary written before the Usage record holds its tokens in `calls` and no cost rule: shown as n/a
+    usage = Usage.from_dict(summary.get("usage") or calls)
+    cost = usage.cost_text() if "usage" in summary else "n/a"
     failures = summary.get("failures") or []
     note = "Judge calls, tokens and cost (cached calls cost nothing)."
     if failures:
@@ -60,7 +63,7 @@ def judge_sections(run_dir: Path) -> list[dict[str, Any]]:
                             table=(["calls", "ok", "failed", "cached", "prompt tokens", "completion tokens",
                                     "cost"],
                                    [[calls["total"], calls["ok"], calls["failed"], calls["cached"],
-                                     usage.prompt_tokens, usage.completion_tokens, usage.cost_text()]])))
+                                     usage.prompt_tokens, usage.completion_tokens, cost]])))
     return sections
 
 

@@ -15,12 +15,12 @@ from typing import Any
 
 from sefl_ray.errors import InputNotFoundError
 from sefl_ray.layout import RunLayout
-from sefl_ray.llm.usage import Usage
 from sefl_ray.manifest import read_manifest
 from sefl_ray.report.examples import example_sections
 from sefl_ray.report.render import Part, render_html, render_markdown
 from sefl_ray.report.sections import blank, section
 from sefl_ray.stages import STAGES, resolve
+from sefl_ray.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def run_sections(run_dir: Path) -> list[dict[str, Any]]:
                      cost, record.get("finished_at") or "", commit[:12]])
     sections = [section("Stages", "Each stage as manifest.json records it (resolved config, fingerprints, versions "
                         "and artifact paths are there too).",
-                        table=(["stage", "status", "seconds", "rows", "tokens", "cost (USD)", "finished", "git commit"],
+                        table=(["stage", "status", "seconds", "rows", "tokens", "cost", "finished", "git commit"],
                                rows))]
     environment = next((r["environment"] for r in reversed(list(stages.values())) if r.get("environment")), None)
     if environment:

@@ -25,13 +25,13 @@ from sefl_ray.cluster import init_ray
 from sefl_ray.config import SeflConfig, config_fingerprint, decided_by, log_resolved_config, save_resolved_config
 from sefl_ray.data.records import RECORD_SCHEMA, add_role_usage, iter_record_tables, read_records, record_id
 from sefl_ray.data.tables import write_jsonl
-from sefl_ray.layout import RunLayout
 from sefl_ray.errors import ConfigError
-from sefl_ray.llm.endpoint import check_api_keys
+from sefl_ray.layout import RunLayout
 from sefl_ray.llm.batch import EndpointBatch, RowOutcome, new_parts_dir, run_endpoint_batches
-from sefl_ray.llm.usage import Usage
+from sefl_ray.llm.endpoint import check_api_keys
 from sefl_ray.synth.prompts import PROMPT_VERSION
 from sefl_ray.synth.sources import load_sources
+from sefl_ray.usage import Usage
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +94,19 @@ def synth_fingerprint(config: SeflConfig) -> str:
     })
 
 
-def prompt_inputs(config: SeflConfig) -> dict[str, Any]:
-    """Beyond the config, the prompts' version decides synth's output (the registry's `extra_inputs`)."""
-    return {"prompt_version": PROMPT_VERSION}
+def stage_inputs(config: SeflConfig) -> dict[str, Any]:
+    """What else decides synth's rows (the registry's `extra_inputs`): the models per role, so swapping teacher and
+    student counts, and the prompts' version. An unknown endpoint name is left for the stage to report."""
+    synth = config.synth
+    return {f"{role}_models": sorted({str(model) for model in
+                                      config.endpoint_models(synth.endpoint_names(role)).values()})
+            for role in ("teacher", "student")} | {"prompt_version": PROMPT_VERSION}
 
 
 def manifest_numbers(layout: RunLayout) -> dict[str, Any]:
     summary = json.loads(layout.synth_summary.read_text())
-    return {"rows": summary["ok"] + summary["failed"], "ok": summary["ok"], "failed": summary["failed"],
-            **summary["usage"]}
+    return {**summary["usage"], "rows": summary["ok"] + summary["failed"], "ok": summary["ok"],
+            "failed": summary["failed"]}
 
 
 def plan_conversations(
@@ -176,12 +180,12 @@ async def conversation_row(row: dict[str, Any], clients: dict[str, Any], state: 
     teachers, students = state.config.synth.endpoint_names("teacher"), state.config.synth.endpoint_names("student")
     record = await run_conversation(plan, clients[teachers[slot % len(teachers)]],
                                     clients[students[slot % len(students)]], state.settings)
-    tokens = sum(u["prompt_tokens"] + u["completion_tokens"] for u in record["usage"])
-    cost = sum(u["cost_usd"] or 0.0 for u in record["usage"])
+    usage = Usage()
+    for entry in record["usage"]:
+        add_role_usage(usage, entry)
     if state.budget is not None:
-        await state.budget.charge.remote(tokens, cost)
-    priced = all(u["cost_usd"] is not None for u in record["usage"])
-    return RowOutcome(record, record["status"], tokens, cost if priced else None)
+        await state.budget.charge.remote(usage.tokens, usage.cost_usd)
+    return RowOutcome(record, record["status"], usage)
 
 
 class _Budget:

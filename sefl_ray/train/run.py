@@ -183,7 +183,8 @@ def run_train_and_merge(config: SeflConfig) -> Path:
     if not config.train.merge:
         logger.info("pipeline: train.merge is false, but infer needs the merged model; merging anyway")
         config = config.model_copy(update={"train": config.train.model_copy(update={"merge": True})})
-    return run_train(config) / "merged"
+    run_train(config)
+    return RunLayout(config.run_dir).train_merged
 
 
 def manifest_numbers(layout: RunLayout) -> dict[str, Any]:
