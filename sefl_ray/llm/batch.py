@@ -1,8 +1,8 @@
 """Rows through OpenAI-compatible endpoints on Ray Data: the one caller synth, infer and judge share.
 
     rows -> Ray Data blocks of `batch_size` -> async actors (each batch's rows in flight at once, several batches
-    per actor) -> parquet in `out_dir`, written by Ray Data straight from the actors' output (never through the
-    driver)
+    per actor) -> each actor writes each batch's rows as one parquet file in `out_dir` (a shared path on a
+    cluster, as the run dir is) and hands Ray Data only the row count, so no output row passes the driver
 
 It owns what every endpoint stage needs and would otherwise write again: the actor pool's size, one
 `EndpointClient` per endpoint in each actor (sharing the run's rate limiter and, if asked, the on-disk call cache),
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -76,7 +77,7 @@ def pool_size(concurrency: int, batch_size: int, num_actors: int | None, max_per
 
 
 def run_endpoint_batches(config: SeflConfig, rows: list[dict[str, Any]], job: EndpointBatch, out_dir: Path) -> Path:
-    """Run every row; their outputs land as parquet files under `out_dir`, which is returned."""
+    """Run every row; the actors write their outputs as parquet files under `out_dir`, which is returned."""
     import ray
 
     from sefl_ray.cluster import init_ray
@@ -103,7 +104,7 @@ def run_endpoint_batches(config: SeflConfig, rows: list[dict[str, Any]], job: En
             written = dataset.map_batches(
                 EndpointWorker,
                 fn_constructor_kwargs={"config_json": config.model_dump_json(), "job": job, "limiter": limiter,
-                                       "progress": progress},
+                                       "progress": progress, "out_dir": str(out_dir)},
                 batch_size=size.batch_size, batch_format="pyarrow",
                 # a second batch waits at each actor, so a finished one is replaced at once rather than on the
                 # scheduler's next tick; rows in flight stay at `concurrency`
@@ -112,7 +113,8 @@ def run_endpoint_batches(config: SeflConfig, rows: list[dict[str, Any]], job: En
                                                    max_concurrent_calls_per_actor=size.batches_per_actor),
                 num_cpus=0.1,  # rows wait on the network: an actor must not starve the read task of CPU
             )
-            written.write_parquet(str(out_dir))
+            for _ in written.iter_batches(batch_size=None):  # row counts only: drives the pipeline to its end
+                pass
     finally:  # the run's helper actor ends with it, also in a long-lived Ray session
         if limiter is not None:
             ray.kill(limiter)
@@ -122,6 +124,17 @@ def run_endpoint_batches(config: SeflConfig, rows: list[dict[str, Any]], job: En
 def new_parts_dir(parent: Path, prefix: str = "attempt") -> Path:
     """A fresh folder per run: a killed run's files stay readable beside the next run's."""
     return parent / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def write_part(table: pa.Table, out_dir: Path) -> Path:
+    """One batch's rows as one file, renamed into place once whole: a killed actor leaves no half file behind."""
+    import pyarrow.parquet as pq
+
+    path = out_dir / f"part-{uuid.uuid4().hex}.parquet"
+    temp = out_dir / f".{path.name}.tmp"
+    pq.write_table(table, temp)
+    os.replace(temp, path)
+    return path
 
 
 def read_parts(parts_dir: Path, schema: pa.Schema) -> pa.Table:
@@ -137,11 +150,11 @@ def read_parts(parts_dir: Path, schema: pa.Schema) -> pa.Table:
 class EndpointWorker:
     """A Ray Data actor: each batch's rows concurrently on its event loop, through one client per endpoint."""
 
-    def __init__(self, config_json: str, job: EndpointBatch, limiter, progress=None):
+    def __init__(self, config_json: str, job: EndpointBatch, limiter, progress=None, out_dir: str = "."):
         from sefl_ray.progress import RowTally
 
         self.config = SeflConfig.model_validate_json(config_json)
-        self.job, self.limiter = job, limiter
+        self.job, self.limiter, self.out_dir = job, limiter, Path(out_dir)
         self.progress = RowTally(progress)
         self.state = job.setup(self.config, job.context) if job.setup else self.config
         self.clients: dict[str, Any] | None = None
@@ -156,7 +169,10 @@ class EndpointWorker:
                                                  cache=cache) for name in dict.fromkeys(self.job.endpoints)}
         outcomes = await asyncio.gather(*(self._one(row) for row in batch.to_pylist()))
         self.progress.flush()
-        return pa.Table.from_pylist([o.row for o in outcomes if o.row is not None], schema=self.job.schema)
+        table = pa.Table.from_pylist([o.row for o in outcomes if o.row is not None], schema=self.job.schema)
+        if table.num_rows:
+            write_part(table, self.out_dir)
+        return pa.table({"rows": [table.num_rows]})
 
     async def _one(self, row: dict[str, Any]) -> RowOutcome:
         outcome = await self.job.row_fn(row, self.clients, self.state)
