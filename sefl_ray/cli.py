@@ -136,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sefl-ray {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:  # a folder it may not write, a full disk: the outputs before it are kept (durable.py)
+        if args.debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"sefl-ray {args.command}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"sefl-ray {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -189,8 +195,10 @@ def _dispatch(args: argparse.Namespace) -> None:
     _warn_if_outputs_land_in_a_job_copy(config.run_dir)
     if args.command == "pipeline":
         from sefl_ray.pipeline import run_pipeline
+        from sefl_ray.run_lock import run_lock
 
-        print(run_pipeline(config, start=args.start, only=args.only))
+        with run_lock(config.run_dir, args.command):
+            print(run_pipeline(config, start=args.start, only=args.only))
     elif args.command == "annotate":
         _dispatch_annotate(args.annotate_action, config, args)
     elif args.command == "endpoints":
@@ -198,8 +206,11 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         print(run_endpoint_check(config))
     else:
+        from sefl_ray.run_lock import run_lock
+
         stage = get_stage(args.command)
-        print(stage.run(config, **{option: getattr(args, option) for option, _ in stage.options}))
+        with run_lock(config.run_dir, args.command):
+            print(stage.run(config, **{option: getattr(args, option) for option, _ in stage.options}))
 
 
 def _dispatch_annotate(action: str, config, args: argparse.Namespace) -> None:

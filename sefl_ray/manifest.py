@@ -15,12 +15,12 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sefl_ray.durable import set_aside, write_json
 from sefl_ray.layout import RunLayout
 
 logger = logging.getLogger(__name__)
@@ -44,23 +44,15 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
         if not isinstance(manifest.get("stages"), dict):
             raise ValueError("no 'stages' mapping")
     except (OSError, ValueError, AttributeError) as exc:
-        logger.warning("%s is unreadable (%s): moved to %s.unreadable; every stage is treated as not run", path,
-                       exc, path.name)
-        path.replace(path.with_name(path.name + ".unreadable"))
+        set_aside(path, f"{exc}; every stage is treated as not run")
         return {"stages": {}}
     return manifest
 
 
 def write_manifest(run_dir: str | Path, manifest: dict[str, Any]) -> Path:
-    """Write atomically (a temp file of this process, then a rename), so a kill mid-write never leaves half a
-    manifest. One pipeline per run dir: two at once would each keep only their own stage records."""
-    path = manifest_path(run_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=".manifest-", suffix=".json", dir=path.parent)
-    with os.fdopen(handle, "w") as out:
-        out.write(json.dumps(manifest, indent=2, default=str))
-    os.replace(temp, path)
-    return path
+    """Atomic, so a kill mid-write never leaves half a manifest. One writer per run dir (`run_lock`): two at once
+    would each keep only their own stage records."""
+    return write_json(manifest_path(run_dir), manifest, default=str, allow_nan=True)
 
 
 def environment_record() -> dict[str, Any]:

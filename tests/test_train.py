@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ from sefl_ray.train.data import (
 from sefl_ray.train.flops import flops_per_token, peak_flops_for_name
 from sefl_ray.train.attention import PER_EXAMPLE_SDPA
 from sefl_ray.train.loop import PROBE_FILE, load_model
-from sefl_ray.train.merge import MergeMismatchError, merge_checkpoint, merge_run
+from sefl_ray.train.merge import MergeMismatchError, NonFiniteWeightsError, merge_checkpoint, merge_run
 from sefl_ray.train.strategies import deepspeed_config
 
 
@@ -275,8 +276,26 @@ def test_rerun_skips_and_merge_detects_the_wrong_checkpoint(ray_session, tmp_pat
     earlier = sorted(last.parent.glob("step_*"))[0]
     # The earlier checkpoint's weights do not give the final logits: merge must refuse, not pass silently.
     (earlier / PROBE_FILE).write_bytes((last / PROBE_FILE).read_bytes())
+    merged_weights = (tmp_path / "train" / "merged" / "model.safetensors").read_bytes()
     with pytest.raises(MergeMismatchError, match="do not reproduce"):
-        merge_checkpoint(earlier, tmp_path / "wrong")
+        merge_checkpoint(earlier, tmp_path / "train")
+    # the failed merge left the previous merged model exactly as it was, and no staging folder behind
+    assert (tmp_path / "train" / "merged" / "model.safetensors").read_bytes() == merged_weights
+    assert sorted(p.name for p in (tmp_path / "train").iterdir() if p.name.startswith(".")) == []
+
+    # a checkpoint holding a NaN weight is refused, and again the previous merged model stays
+    import torch.distributed.checkpoint as dcp
+
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(last, poisoned)
+    base_weights = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).state_dict()
+    state = {"model": {name: tensor.clone() for name, tensor in base_weights.items()}}
+    dcp.load(state, checkpoint_id=str(poisoned))
+    next(iter(state["model"].values()))[0, 0] = float("nan")
+    dcp.save(state, checkpoint_id=str(poisoned))
+    with pytest.raises(NonFiniteWeightsError, match="NaN or inf in 1 weight"):
+        merge_checkpoint(poisoned, tmp_path / "train")
+    assert (tmp_path / "train" / "merged" / "model.safetensors").read_bytes() == merged_weights
     (earlier / PROBE_FILE).unlink()
     merged = merge_run(tmp_path, checkpoint=earlier.name.split("_")[1].lstrip("0"), out_dir=tmp_path / "early")
     assert (merged / "model.safetensors").exists()
@@ -289,6 +308,18 @@ def test_rerun_skips_and_merge_detects_the_wrong_checkpoint(ray_session, tmp_pat
     )
     listed = result.stdout.splitlines()
     assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= set(listed)
+
+
+def test_a_nan_loss_stops_training_with_one_clear_line(ray_session, tmp_path, tiny_model_dir, sft_dataset):
+    from sefl_ray.train.run import TrainingFailedError, run_train
+
+    config = train_config(tmp_path, tiny_model_dir, sft_dataset, "train.lr=1e30", "train.max_failures=0",
+                          "train.epochs=1")
+    with pytest.raises(TrainingFailedError) as failure:
+        run_train(config)
+    message = str(failure.value)
+    assert message.startswith("the training loss is ") and "at step " in message and "\n" not in message
+    assert not (tmp_path / "train" / "merged").exists() and not (tmp_path / "train" / "summary.json").exists()
 
 
 def test_train_and_merge_user_errors_are_one_line(tmp_path):

@@ -17,7 +17,6 @@ Into `STUDY_DIR/export/` (or `--out`):
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections import Counter, defaultdict
@@ -27,6 +26,7 @@ from typing import Any
 from sefl_ray.annotate.store import Store
 from sefl_ray.config import SeflConfig
 from sefl_ray.data.sft import render_prompt
+from sefl_ray.durable import write_jsonl
 from sefl_ray.errors import InputNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -45,11 +45,11 @@ def export_study(config: SeflConfig, out_dir: str | Path | None = None) -> Path:
     finally:
         store.close()
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "ratings.jsonl", ratings)
+    write_jsonl(out / "ratings.jsonl", ratings)
     if scores:
-        _write_jsonl(out / "scores.jsonl", scores)
-    _write_jsonl(out / "preferences.jsonl", preferences)
-    _write_jsonl(out / "answers.jsonl", answers)
+        write_jsonl(out / "scores.jsonl", scores)
+    write_jsonl(out / "preferences.jsonl", preferences)
+    write_jsonl(out / "answers.jsonl", answers)
     logger.info("annotate export: %d ratings, %d scores, %d preference pairs, %d answers -> %s", len(ratings),
                 len(scores), len(preferences), len(answers), out)
     return out
@@ -157,7 +157,3 @@ def answer_log(store: Store) -> list[dict[str, Any]]:
     return log
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with open(path, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -13,6 +13,7 @@ from typing import Any
 from sefl_ray.annotate.export import chosen_system, human_ratings
 from sefl_ray.annotate.store import Store
 from sefl_ray.data.tables import read_rows
+from sefl_ray.durable import write_jsonl
 from sefl_ray.errors import SeflError
 from sefl_ray.judge.agreement import agreement_report
 
@@ -56,10 +57,10 @@ def live_agreement(store: Store, *, n_bootstrap: int, seed: int) -> tuple[dict[s
                   if row.get("item_id") in study_items and row.get("choice") not in (None, "")]
     with tempfile.TemporaryDirectory(prefix="sefl-annotate-") as folder:
         paths = [Path(folder) / "humans.jsonl"]
-        _write_jsonl(paths[0], humans)
+        write_jsonl(paths[0], humans)
         if judges:
             paths.append(Path(folder) / "judges.jsonl")
-            _write_jsonl(paths[1], judges)
+            write_jsonl(paths[1], judges)
         try:
             return agreement_report(paths, n_bootstrap=n_bootstrap, seed=seed), None
         except SeflError as exc:
@@ -97,5 +98,3 @@ def _gold_accuracy(slots, by_slot, items) -> dict[str, Any]:
     return {"gold_accuracy": hits / total if total else None, "gold_answers": total}
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows), encoding="utf-8")

@@ -20,12 +20,12 @@ Assignment, Sense, Model A, Model B, Preferred, Comments (often followed by empt
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
+from sefl_ray.durable import write_jsonl
 from sefl_ray.errors import ConfigError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -44,10 +44,7 @@ def import_sefl(key_path: str | Path, annotator_paths: list[str | Path], out_dir
     ratings = []
     for rater, (path, rows) in annotators.items():
         ratings += _ratings_of(rater, path, rows, key)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    out_path = out / "ratings.jsonl"
-    out_path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ratings), encoding="utf-8")
+    out_path = write_jsonl(Path(out_dir) / "ratings.jsonl", ratings)
     logger.info("annotate import: %d ratings by %d annotators -> %s", len(ratings), len(annotators), out_path)
     return out_path
 

@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from sefl_ray.data.sft import render_prompt
+from sefl_ray.durable import write_jsonl, write_parquet
 
 
 def write_synthetic_run(run_dir: str | Path, *, n_items: int = 10, systems: tuple[str, str] = ("base", "tuned"),
@@ -32,9 +31,5 @@ def write_synthetic_run(run_dir: str | Path, *, n_items: int = 10, systems: tupl
             rows.append({"item_id": row["id"], "prompt": render_prompt(row["assignment"], row["submission"]),
                          "feedback": text, "system": None, "model": "synthetic", "prompt_tokens": 0,
                          "completion_tokens": 0, "latency_s": 0.0, "status": "ok", "error": None})
-        out = run_dir / "infer" / system
-        out.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), out / "outputs.parquet")
-    context_path = run_dir / "context.jsonl"
-    context_path.write_text("".join(json.dumps(row) + "\n" for row in context))
-    return context_path
+        write_parquet(run_dir / "infer" / system / "outputs.parquet", pa.Table.from_pylist(rows))
+    return write_jsonl(run_dir / "context.jsonl", context)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sefl_ray.config.root import SeflConfig
+from sefl_ray.durable import write_text
 from sefl_ray.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def save_resolved_config(config: SeflConfig, out_dir: str | Path, name: str = "c
     """Write the resolved config beside a stage's outputs. Holds env var names only, never key values."""
     out_path = Path(out_dir) / name
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(config_as_yaml(config))
+    write_text(out_path, config_as_yaml(config))
     return out_path
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import yaml
 from sefl_ray.config import ExportConfig, config_fingerprint
 from sefl_ray.data.records import add_role_usage, read_records
 from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, render_completion, render_prompt, to_chat_messages
+from sefl_ray.durable import replacing_folder, write_json, write_text
 from sefl_ray.errors import InputNotFoundError
 from sefl_ray.usage import Usage
 
@@ -95,19 +95,16 @@ def export_dataset(
         }
     )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hf_dir, parquet_dir = out_dir / "hf", out_dir / "parquet"
-    for stale in (hf_dir, parquet_dir):  # a previous export's shards must not linger beside the new ones
-        if stale.exists():
-            shutil.rmtree(stale)
-    dataset_dict.save_to_disk(str(hf_dir))
-    parquet_dir.mkdir(parents=True)
-    for split, dataset in dataset_dict.items():
-        dataset.to_parquet(str(parquet_dir / f"{split}.parquet"))
-
     summary = _summarize(records, rows, dataset_dict, export_config, seed=seed, dataset_name=dataset_name)
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    (out_dir / "README.md").write_text(render_dataset_card(summary))
+    # The whole export is built beside the old one and swapped in once complete: a failed or killed export
+    # leaves the previous dataset as it was, and no shard of it lingers beside the new one.
+    with replacing_folder(out_dir) as staging:
+        dataset_dict.save_to_disk(str(staging / "hf"))
+        (staging / "parquet").mkdir()
+        for split, dataset in dataset_dict.items():
+            dataset.to_parquet(str(staging / "parquet" / f"{split}.parquet"))
+        write_json(staging / SUMMARY_FILE, summary)
+        write_text(staging / "README.md", render_dataset_card(summary))
     logger.info(
         "exported %d of %d records to %s (train %d, valid %d; %d failed records %s)",
         len(rows), len(statuses), out_dir, summary["splits"]["train"], summary["splits"]["valid"],

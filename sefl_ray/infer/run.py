@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
 from sefl_ray.cluster import init_ray
 from sefl_ray.config import SeflConfig, log_resolved_config, save_resolved_config
 from sefl_ray.data.sft import to_chat_messages
 from sefl_ray.data.tables import read_rows
+from sefl_ray.durable import write_json, write_parquet
 from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.layout import RunLayout
 from sefl_ray.llm.batch import EndpointBatch, RowOutcome, new_parts_dir, read_parts, run_endpoint_batches
@@ -71,13 +71,13 @@ def run_infer(config: SeflConfig) -> Path:
     order = {item["item_id"]: index for index, item in enumerate(items)}
     ids = table["item_id"].to_pylist()
     table = table.take(sorted(range(len(ids)), key=lambda i: order.get(ids[i], len(order))))
-    pq.write_table(table, layout.infer_outputs(settings.name))
+    write_parquet(layout.infer_outputs(settings.name), table)
     shutil.rmtree(parts, ignore_errors=True)
     statuses = table["status"].to_pylist()
     usage = usage_of_rows(table.select(["prompt_tokens", "completion_tokens", "cost_usd", "status"]).to_pylist())
     summary = {"rows": len(statuses), "ok": statuses.count("ok"), "failed": len(statuses) - statuses.count("ok"),
                "elapsed_s": round(time.monotonic() - started, 3), "mode": settings.mode, "usage": usage.to_dict()}
-    layout.infer_summary(settings.name).write_text(json.dumps(summary, indent=2))
+    write_json(layout.infer_summary(settings.name), summary)
     logger.info("infer %s: %s", settings.name, summary)
     return layout.infer_outputs(settings.name)
 

@@ -107,6 +107,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sefl_ray.errors import ConfigError
+from sefl_ray.durable import write_json
 from sefl_ray.judge.ratings import CHOICES, Rating, aligned_choices, read_ratings
 from sefl_ray.judge.statistics import (CI_LEVEL, Bootstrap, bootstrap_ci, first_position, majority_vote, mean_ci,
                                        share, win_tally)
@@ -139,7 +140,7 @@ def run_agreement(paths: list[str | Path], out_dir: str | Path, *, n_bootstrap: 
     report = agreement_report(paths, n_bootstrap=n_bootstrap, seed=seed)
     out_path = Path(out_dir) / "agreement.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    write_json(out_path, report)
     logger.info("agreement of %d raters over %d ratings written to %s", len(report["raters"]), report["n_ratings"],
                 out_path)
     return out_path

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from sefl_ray.config import JudgeConfig, SeflConfig, log_resolved_config, save_resolved_config
 from sefl_ray.data.tables import read_rows
+from sefl_ray.durable import write_json, write_parquet
 from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.judge.prompts import pairwise_prompts, parse_choice, parse_scores, rubric_prompt
 from sefl_ray.layout import RunLayout
@@ -66,13 +67,13 @@ def run_judge(config: SeflConfig, *, rescore: bool = False) -> Path:
                     len(settings.judges), settings.mode, settings.preset)
         judgments = call_judges(config, tasks)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA), judgments_path)
+    write_parquet(judgments_path, pa.Table.from_pylist(judgments, schema=JUDGMENT_SCHEMA))
 
     from sefl_ray.judge.stats import judgments_to_ratings, summarize_judgments
 
     summary = summarize_judgments(judgments, systems, n_bootstrap=settings.n_bootstrap, seed=config.seed)
-    layout.judge_summary.write_text(json.dumps(summary, indent=2, allow_nan=False))
-    pq.write_table(pa.Table.from_pylist(judgments_to_ratings(judgments, systems)), layout.judge_ratings)
+    write_json(layout.judge_summary, summary)
+    write_parquet(layout.judge_ratings, pa.Table.from_pylist(judgments_to_ratings(judgments, systems)))
     human_ratings = human_ratings_paths(config)
     if human_ratings:
         from sefl_ray.judge.agreement import run_agreement

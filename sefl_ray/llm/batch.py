@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from sefl_ray.config import SeflConfig
+from sefl_ray.durable import write_parquet
 from sefl_ray.usage import Usage
 
 logger = logging.getLogger(__name__)
@@ -128,13 +128,7 @@ def new_parts_dir(parent: Path, prefix: str = "attempt") -> Path:
 
 def write_part(table: pa.Table, out_dir: Path) -> Path:
     """One batch's rows as one file, renamed into place once whole: a killed actor leaves no half file behind."""
-    import pyarrow.parquet as pq
-
-    path = out_dir / f"part-{uuid.uuid4().hex}.parquet"
-    temp = out_dir / f".{path.name}.tmp"
-    pq.write_table(table, temp)
-    os.replace(temp, path)
-    return path
+    return write_parquet(out_dir / f"part-{uuid.uuid4().hex}.parquet", table)
 
 
 def read_parts(parts_dir: Path, schema: pa.Schema) -> pa.Table:

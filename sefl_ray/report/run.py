@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sefl_ray.errors import InputNotFoundError
+from sefl_ray.durable import write_text
 from sefl_ray.layout import RunLayout
 from sefl_ray.manifest import read_manifest
 from sefl_ray.report.examples import example_sections
@@ -41,8 +42,8 @@ def run_report(run_dir: str | Path) -> Path:
     run_files = [name for name in RUN_FILES if (run_dir / name).exists()]
     layout = RunLayout(run_dir)
     layout.report_dir.mkdir(parents=True, exist_ok=True)
-    layout.report_html.write_text(render_html(parts, run_dir, run_files), encoding="utf-8")
-    layout.report_md.write_text(render_markdown(parts, run_dir, run_files), encoding="utf-8")
+    write_text(layout.report_html, render_html(parts, run_dir, run_files))
+    write_text(layout.report_md, render_markdown(parts, run_dir, run_files))
     logger.info("report: %s", layout.report_html)
     return layout.report_html
 

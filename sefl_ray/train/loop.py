@@ -8,8 +8,8 @@ the result does not depend on how the tokens are split into micro-batches or wor
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import shutil
 import socket
 import tempfile
@@ -24,6 +24,8 @@ import torch.distributed as dist
 
 from sefl_ray.config import TrainConfig
 from sefl_ray.data.tables import read_jsonl
+from sefl_ray.durable import write_json, write_jsonl
+from sefl_ray.errors import SeflError
 from sefl_ray.train.attention import PER_EXAMPLE_SDPA, check_examples_stay_apart, register_per_example_sdpa
 from sefl_ray.train.data import IGNORE_INDEX, SftData, micro_batches, model_inputs, real_token_count
 from sefl_ray.train.flops import flops_per_token, mfu, peak_flops_per_device
@@ -40,6 +42,10 @@ logger = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
 META_FILE = "sefl_train.json"
 PROBE_FILE = "probe.pt"
+
+
+class NonFiniteLossError(SeflError):
+    """The loss became NaN or inf: every later step would only spread it into the weights."""
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -75,6 +81,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for start in range(first, steps_per_epoch * train.grad_accum, train.grad_accum):
             record = train_step(strategy, batches[start: start + train.grad_accum], device, precision)
             step += 1
+            if not math.isfinite(record["loss"]):  # every worker sees the same all-reduced loss, so all stop
+                raise NonFiniteLossError(
+                    f"the training loss is {record['loss']} at step {step} (epoch {epoch}, lr {record['lr']:.3g}): "
+                    "training stopped, and no checkpoint of this step was written; lower train.learning_rate, "
+                    "or check the data"
+                )
             tokens_per_s = record["tokens"] / world_size / record["step_time_s"]
             record.update(step=step, epoch=epoch, tokens_per_s_per_worker=tokens_per_s,
                           mfu=mfu(tokens_per_s, flops_per_token_value, peak_flops))
@@ -207,12 +219,12 @@ def save_checkpoint(
     strategy.save(directory)
     worker = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
               "device": str(device)}
-    (directory / f"worker_{rank}.json").write_text(json.dumps(worker))  # which node wrote which shard
+    write_json(directory / f"worker_{rank}.json", worker)  # which node wrote which shard
     probe_logits = _probe_logits(strategy, probe_input_ids, device, precision) if probe_input_ids else None
     if rank == 0:
         write_trainer_state(directory, {"step": step})
-        (directory / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in history))
-        (directory / META_FILE).write_text(json.dumps({**meta, "step": step}, indent=2))
+        write_jsonl(directory / METRICS_FILE, history)
+        write_json(directory / META_FILE, {**meta, "step": step})
         if probe_logits is not None:
             torch.save({"input_ids": probe_input_ids, "logits": probe_logits}, directory / PROBE_FILE)
     latest = next((r for r in reversed(history) if "loss" in r), {})

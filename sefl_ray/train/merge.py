@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import yaml
 
 from sefl_ray.config import TrainConfig
 from sefl_ray.data.tables import read_jsonl
+from sefl_ray.durable import replacing_folder, write_json, write_text
 from sefl_ray.errors import InputNotFoundError, SeflError
 from sefl_ray.layout import RunLayout
 from sefl_ray.train.data import ensure_chat_template
@@ -35,6 +37,10 @@ PROBE_TOLERANCE_FP32 = 1e-4
 
 class MergeMismatchError(SeflError):
     """The merged model does not reproduce the trained model's logits."""
+
+
+class NonFiniteWeightsError(SeflError):
+    """The checkpoint holds NaN or inf weights."""
 
 
 def merge_run(run: str | Path, *, checkpoint: str | None = None, out_dir: str | Path | None = None) -> Path:
@@ -82,40 +88,58 @@ def merge_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, check_probe
     if train.lora.enabled:
         model = apply_lora(model, train)
     load_trained_weights(model, checkpoint_dir, train)
+    refuse_non_finite(model, checkpoint_dir)
     model.eval()
 
     probe_path = checkpoint_dir / PROBE_FILE
     probe = torch.load(probe_path, weights_only=True) if probe_path.exists() else None
     probe_diffs: dict[str, float] = {}
     merged_dir, adapter_dir = out_dir / "merged", out_dir / "adapter"
-    for stale in (merged_dir, adapter_dir):
-        shutil.rmtree(stale, ignore_errors=True)
-    if train.lora.enabled:
+    # Both folders are built beside the old ones and swapped in only after the logit check passed: a merge that
+    # fails it (or dies) leaves the previous merged model in place.
+    with ExitStack() as outputs:
+        merged_staging = outputs.enter_context(replacing_folder(merged_dir))
+        if train.lora.enabled:
+            adapter_staging = outputs.enter_context(replacing_folder(adapter_dir))
+            if probe is not None:
+                probe_diffs["adapter"] = _probe_diff(model, probe)
+            model.save_pretrained(adapter_staging)
+            tokenizer.save_pretrained(adapter_staging)
+            model = model.merge_and_unload()
         if probe is not None:
-            probe_diffs["adapter"] = _probe_diff(model, probe)
-        model.save_pretrained(adapter_dir)
-        tokenizer.save_pretrained(adapter_dir)
-        model = model.merge_and_unload()
-    if probe is not None:
-        probe_diffs["merged"] = _probe_diff(model, probe)
-    tolerance = PROBE_TOLERANCE_FP32 if train.precision != "bf16" else None
-    if check_probe and tolerance is not None and any(diff > tolerance for diff in probe_diffs.values()):
-        raise MergeMismatchError(
-            f"merged weights of {checkpoint_dir} do not reproduce the trained logits (max abs diff {probe_diffs})"
-        )
+            probe_diffs["merged"] = _probe_diff(model, probe)
+        tolerance = PROBE_TOLERANCE_FP32 if train.precision != "bf16" else None
+        if check_probe and tolerance is not None and any(not diff <= tolerance for diff in probe_diffs.values()):  # NaN fails too
+            raise MergeMismatchError(
+                f"merged weights of {checkpoint_dir} do not reproduce the trained logits (max abs diff "
+                f"{probe_diffs}); the previous merged model, if any, is kept"
+            )
 
-    model.to(saved_dtype).save_pretrained(merged_dir)
-    tokenizer.save_pretrained(merged_dir)
-    _copy_generation_config(meta["model_path"], merged_dir)
-    summary = {
-        "checkpoint": str(checkpoint_dir), "step": meta.get("step"), "base_model": meta["model"],
-        "lora": train.lora.enabled, "dtype": str(saved_dtype).removeprefix("torch."),
-        "probe_max_abs_diff": probe_diffs or None,
-    }
-    (merged_dir / MERGE_SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
-    (merged_dir / "README.md").write_text(render_model_card(meta, _read_metrics(checkpoint_dir), summary))
+        model.to(saved_dtype).save_pretrained(merged_staging)
+        tokenizer.save_pretrained(merged_staging)
+        _copy_generation_config(meta["model_path"], merged_staging)
+        summary = {
+            "checkpoint": str(checkpoint_dir), "step": meta.get("step"), "base_model": meta["model"],
+            "lora": train.lora.enabled, "dtype": str(saved_dtype).removeprefix("torch."),
+            "probe_max_abs_diff": probe_diffs or None,
+        }
+        write_json(merged_staging / MERGE_SUMMARY_FILE, summary)
+        write_text(merged_staging / "README.md", render_model_card(meta, _read_metrics(checkpoint_dir), summary))
+    if not train.lora.enabled:  # an adapter of an earlier LoRA run would no longer match merged/
+        shutil.rmtree(adapter_dir, ignore_errors=True)
     logger.info("merged %s -> %s (probe max abs diff %s)", checkpoint_dir, merged_dir, probe_diffs or "n/a")
     return summary
+
+
+def refuse_non_finite(model: torch.nn.Module, checkpoint_dir: Path) -> None:
+    """A NaN or inf weight makes every answer garbage while the model still loads and serves: never write one."""
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{checkpoint_dir} holds NaN or inf in {len(bad)} weight(s) (first: {bad[0]}): it was not merged; "
+            "train again with a lower learning rate, or merge an earlier checkpoint (--checkpoint)"
+        )
 
 
 def load_trained_weights(model: torch.nn.Module, checkpoint_dir: Path, train: TrainConfig) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import logging
 import shutil
 from pathlib import Path
@@ -28,6 +29,7 @@ from sefl_ray.config import (
     SeflConfig, TrainConfig, config_fingerprint, decided_by, log_resolved_config, save_resolved_config,
 )
 from sefl_ray.data.tables import read_jsonl
+from sefl_ray.durable import write_json
 from sefl_ray.errors import ConfigError, InputNotFoundError, SeflError
 from sefl_ray.layout import RunLayout
 from sefl_ray.train.data import SftData, count_rows, load_sft_examples
@@ -75,7 +77,7 @@ def run_train(config: SeflConfig) -> Path:
         with checkpoint.as_directory() as local_checkpoint:  # downloads it when storage is s3:// or the like
             merge_checkpoint(local_checkpoint, out_dir)
     summary["finished"] = True
-    summary_path.write_text(json.dumps(summary, indent=2))
+    write_json(summary_path, summary)
     return out_dir
 
 
@@ -138,6 +140,9 @@ def fit(
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        non_finite = re.search(r"NonFiniteLossError: (.+)", str(exc))
+        if non_finite:  # the loop's own message, without the workers' tracebacks around it
+            raise TrainingFailedError(non_finite.group(1).strip()) from exc
         raise TrainingFailedError(f"training failed after {train.max_failures} restart(s): {exc}") from exc
     if result.checkpoint is None:
         raise TrainingFailedError("training finished without a checkpoint")
@@ -173,7 +178,7 @@ def write_outputs(
         ),
         "finished": False,
     }
-    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    write_json(out_dir / SUMMARY_FILE, summary)
     logger.info("train: done, %s", {k: v for k, v in summary.items() if k not in ("plan", "data")})
     return summary
 

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from sefl_ray.config import TrainConfig
+from sefl_ray.durable import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps
 
 
 def write_trainer_state(directory: Path, state: dict[str, Any]) -> None:
-    (directory / TRAINER_STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_json(directory / TRAINER_STATE_FILE, state)
 
 
 def read_trainer_state(directory: Path) -> dict[str, Any]:
