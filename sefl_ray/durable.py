@@ -20,6 +20,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+SET_ASIDE_MARK = ".unreadable-"
+
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
@@ -105,14 +107,28 @@ def swap_folder(finished: Path, target: Path) -> None:
     _sync_folder(target.parent)
 
 
-def set_aside(path: Path, reason: str) -> Path:
-    """Move an unreadable file or folder out of the way (never delete it: a person may want to look), with a
-    warning that says what was wrong and where it went."""
-    aside = path.with_name(f"{path.name}.unreadable-{uuid.uuid4().hex[:6]}")
+def set_aside(path: Path, reason: str, *, shown_as: str | None = None) -> Path:
+    """Move an unreadable file out of the way (never delete it: a person may want to look), with a warning that
+    says what was wrong and where it went. Its new name no longer ends in its suffix, so no reader finds it."""
+    aside = path.with_name(f"{path.name}{SET_ASIDE_MARK}{uuid.uuid4().hex[:6]}")
     path.rename(aside)
-    logger.warning("%s is unreadable (%s): set aside as %s, and what it held will be redone", path, reason,
-                   aside.name)
+    logger.warning("%s is unreadable (%s): set aside as %s, and what it held will be redone", shown_as or path,
+                   reason, aside.name)
     return aside
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why a JSON or parquet output cannot be read back (cut short, not UTF-8, no footer), or None if it reads."""
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_bytes().decode("utf-8"))
+        elif path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.read_metadata(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
 
 
 def _temp_beside(path: Path) -> Path:

@@ -21,7 +21,9 @@ from typing import Any
 
 from sefl_ray.cluster import init_ray
 from sefl_ray.config import SeflConfig, log_resolved_config, save_resolved_config
+from sefl_ray.durable import set_aside, unreadable_reason
 from sefl_ray.errors import ConfigError
+from sefl_ray.layout import RunLayout
 from sefl_ray.llm.endpoint import check_api_keys
 from sefl_ray.manifest import environment_record, now_iso, read_manifest, write_manifest
 from sefl_ray.stages import STAGES, Stage, stage_fingerprints, stage_names, stage_numbers
@@ -54,7 +56,7 @@ def plan_stages(
             plan[name] = "upstream runs"
         else:
             upstream_run_id = (recorded.get(upstream) or {}).get("run_id") if upstream else None
-            why = _staleness(recorded.get(name) or {}, fingerprints[name], upstream_run_id, run_dir)
+            why = _staleness(recorded.get(name) or {}, fingerprints[name], upstream_run_id, run_dir, name)
             if why != "skip" and start is not None:
                 logger.warning("stage %s is stale (%s) but comes before --from %s: not run; its outputs are used "
                                "as they are", name, why, start)
@@ -63,7 +65,22 @@ def plan_stages(
     return plan
 
 
-def _staleness(record: dict[str, Any], fingerprint: str, upstream_run_id: str | None, run_dir: Path) -> str:
+def _set_aside_unreadable_outputs(run_dir: Path, stage_name: str) -> str | None:
+    """The first summary or table of the stage (its folder and one level down) that no longer reads back, set
+    aside so that the stage writes it again; None when all read."""
+    stage_dir = RunLayout(run_dir).stage_dir(stage_name)
+    for path in sorted([*stage_dir.glob("*"), *stage_dir.glob("*/*")]):
+        if path.suffix in (".json", ".parquet") and path.is_file():
+            reason = unreadable_reason(path)
+            if reason is not None:
+                shown = _relative_to(run_dir, path)
+                set_aside(path, f"{reason}; stage {stage_name} runs again", shown_as=shown)
+                return shown
+    return None
+
+
+def _staleness(record: dict[str, Any], fingerprint: str, upstream_run_id: str | None, run_dir: Path,
+               stage_name: str) -> str:
     if record.get("status") != "done":
         return "new" if not record else f"last run {record.get('status', 'unfinished')}"
     if record.get("fingerprint") != fingerprint:
@@ -71,6 +88,9 @@ def _staleness(record: dict[str, Any], fingerprint: str, upstream_run_id: str | 
     missing = [path for path in record.get("artifacts", []) if not (run_dir / path).exists()]
     if missing:
         return f"artifact missing: {missing[0]}"
+    damaged = _set_aside_unreadable_outputs(run_dir, stage_name)
+    if damaged:
+        return f"unreadable: {damaged}"
     if record.get("upstream_run_id") != upstream_run_id:
         return "upstream re-ran"
     return "skip"

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sefl_ray.durable import set_aside
 from sefl_ray.usage import Usage
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,8 @@ def record_id(source_id: str, sample_index: int, config_fingerprint: str) -> str
 
 
 def read_records(records_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Every record under `records_dir`, one row per id (ok beats failed, then newest). Unreadable files, such
-    as one cut short by a killed run, are skipped with a warning: their rows are simply done again on resume.
+    """Every record under `records_dir`, one row per id (ok beats failed, then newest). An unreadable file, such
+    as one cut short by a bad disk, is set aside with a warning: its rows are simply done again on resume.
     `columns` reads only those (plus what de-duplication needs), which keeps a large run's summary cheap."""
     tables = list(iter_record_tables(records_dir, columns))
     return pa.concat_tables(tables) if tables else _schema(columns).empty_table()
@@ -90,8 +91,8 @@ def _rows_to_keep(records_dir: Path) -> tuple[list[Path], dict[int, list[int]]]:
     for path in sorted(records_dir.rglob("*.parquet")) if records_dir.exists() else []:
         try:
             table = pq.read_table(path, schema=keys, columns=keys.names)
-        except Exception as exc:  # a truncated file from a killed writer: skip it, its rows are redone
-            logger.warning("skipping unreadable records file %s: %s", path, exc)
+        except (OSError, ValueError, pa.ArrowException) as exc:  # cut short (an old writer, a bad disk): its rows are redone
+            set_aside(path, str(exc).splitlines()[0])
             continue
         paths.append(path)
         rows = zip(table["id"].to_pylist(), table["status"].to_pylist(), table["finished_at"].to_pylist())

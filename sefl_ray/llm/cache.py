@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import threading
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def request_key(endpoint: dict[str, str], messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
@@ -51,13 +54,20 @@ class CallCache:
                 self._entries[key] = value
 
     def _load(self) -> dict[str, dict[str, Any]]:
+        """Every readable line of every shard. A damaged line (cut short by a kill, not UTF-8, not an entry) is
+        skipped with a warning, and that call is simply asked again. The shard itself stays where it is: every
+        actor of a run reads it at once, so none of them may move it."""
         entries: dict[str, dict[str, Any]] = {}
         for shard in sorted(self.cache_dir.glob("*.jsonl")) if self.cache_dir.exists() else []:
-            with open(shard, encoding="utf-8") as lines:
+            damaged = 0
+            with open(shard, "rb") as lines:
                 for line in lines:
                     try:
-                        entry = json.loads(line)
-                    except json.JSONDecodeError:  # the last line of a killed writer may be cut short
-                        continue
-                    entries[entry["key"]] = entry["value"]
+                        entry = json.loads(line.decode("utf-8"))
+                        entries[entry["key"]] = entry["value"]
+                    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+                        damaged += 1
+            if damaged:
+                logger.warning("call cache %s: %d damaged line(s) skipped; those calls are made again",
+                               shard.name, damaged)
         return entries

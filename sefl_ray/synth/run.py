@@ -24,7 +24,7 @@ import ray
 from sefl_ray.cluster import init_ray
 from sefl_ray.config import SeflConfig, config_fingerprint, decided_by, log_resolved_config, save_resolved_config
 from sefl_ray.data.records import RECORD_SCHEMA, add_role_usage, iter_record_tables, read_records, record_id
-from sefl_ray.durable import write_json, write_jsonl
+from sefl_ray.durable import SET_ASIDE_MARK, write_json, write_jsonl
 from sefl_ray.errors import ConfigError
 from sefl_ray.layout import RunLayout
 from sefl_ray.llm.batch import EndpointBatch, RowOutcome, new_parts_dir, run_endpoint_batches
@@ -76,6 +76,7 @@ def run_synth(config: SeflConfig) -> Path:
     elapsed = time.monotonic() - started
 
     summary = summarize(iter_record_tables(records_dir, columns=["error", "usage"]), plans, elapsed, len(todo), skipped)
+    summary["set_aside_files"] = len(list(records_dir.rglob(f"*{SET_ASIDE_MARK}*")))  # damaged, their rows redone
     write_json(layout.synth_summary, summary)
     logger.info("synth summary:\n%s", format_summary(summary))
     return records_dir

@@ -29,7 +29,7 @@ from sefl_ray.config import (
     SeflConfig, TrainConfig, config_fingerprint, decided_by, log_resolved_config, save_resolved_config,
 )
 from sefl_ray.data.tables import read_jsonl
-from sefl_ray.durable import write_json
+from sefl_ray.durable import set_aside, unreadable_reason, write_json
 from sefl_ray.errors import ConfigError, InputNotFoundError, SeflError
 from sefl_ray.layout import RunLayout
 from sefl_ray.train.data import SftData, count_rows, load_sft_examples
@@ -210,6 +210,10 @@ def run_fingerprint(train: TrainConfig, model_path: str, data: SftData, seed: in
 
 def _finished(summary_path: Path, fingerprint: str, train: TrainConfig) -> bool:
     if not summary_path.exists():
+        return False
+    damage = unreadable_reason(summary_path)
+    if damage is not None:  # cut short by a full disk, say: train again (it resumes from the last checkpoint)
+        set_aside(summary_path, damage)
         return False
     summary = json.loads(summary_path.read_text())
     merged_ok = not train.merge or (summary_path.parent / "merged" / "config.json").exists()
