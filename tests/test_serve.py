@@ -1,5 +1,7 @@
 """The Serve app end to end over HTTP on 127.0.0.1: the official `openai` client (sync, async, streaming),
-AutoGen's client, OpenAI-shaped errors, dynamic batching, LoRA adapters, bearer auth, and the `serve run` configs.
+AutoGen's client, OpenAI-shaped errors, dynamic batching, LoRA adapters, bearer auth, and the `serve run` configs;
+and its reliability: auth that fails closed, bad requests that fail alone (never their batch), bounded bodies and
+grammar cache, tokenization off the event loop, error bodies without server internals.
 
 Two applications start once for the module: `real` (route "/") runs `TransformersEngine` on the tiny random model,
 built by `build_app` exactly as `serve run` builds it; `echo` (route "/echo") runs `EchoEngine` below, a
@@ -9,9 +11,11 @@ deterministic stand-in whose replies show what the app asked of the engine (stop
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,8 +25,8 @@ import requests
 import yaml
 
 from sefl_ray.errors import ConfigError
-from sefl_ray.serve.app import ServeAppConfig, build_app, deployment_for, load_app_config
-from sefl_ray.serve.engine_api import GenerationRequest, GenerationResult, PromptTooLong
+from sefl_ray.serve.app import ServeAppConfig, ServeConfigError, build_app, deployment_for, load_app_config
+from sefl_ray.serve.engine_api import GenerationRequest, GenerationResult, PromptTooLong, UnsupportedSchema
 from sefl_ray.serve.openai_api import ChatCompletionRequest, CompletionRequest, to_generation_request
 from sefl_ray.testing.ports import free_port
 
@@ -33,7 +37,9 @@ BASE_URL = f"{SERVER}/v1"
 ECHO_URL = f"{SERVER}/echo/v1"
 KEY_ENV = "SEFL_RAY_TEST_SERVE_KEY"
 KEY = "sk-test-serve"
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "serve_configs"
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS_DIR = REPO / "serve_configs"
+UNSET_KEY_ENV = "SEFL_RAY_TEST_SERVE_KEY_NEVER_SET"
 MODEL_INFO = {
     "vision": False, "function_calling": False, "json_output": True, "structured_output": True, "family": "unknown",
 }
@@ -145,6 +151,7 @@ def serve_apps(ray_session, tiny_model_dir, tmp_path_factory):
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     adapters_dir = tmp_path_factory.mktemp("adapters")
     real_adapters = _make_adapters(str(tiny_model_dir), adapters_dir, ["lora-a", "lora-b"])
+    real_adapters["lora-gone"] = str(adapters_dir / "lora-gone")  # in the config, not on disk: loading it fails
     echo_adapters = {}
     for name in ("e1", "e2", "e3"):
         (adapters_dir / name).mkdir()
@@ -186,6 +193,12 @@ def _chat(client: openai.OpenAI, content: str, **kwargs):
     kwargs.setdefault("model", "tiny")
     kwargs.setdefault("max_tokens", 12)
     return client.chat.completions.create(messages=[{"role": "user", "content": content}], **kwargs)
+
+
+def _assert_no_internals(message: str, *internals: str) -> None:
+    """An error body names no exception, path or repr: what the client may see is what it can change."""
+    for internal in (*internals, "Traceback", "/tmp", "site-packages", ".py", ".cc", "Error(", "<"):
+        assert internal not in message, f"{internal!r} in {message!r}"
 
 
 def _assert_openai_error(response: requests.Response, status: int, code: str | None = None, param: str | None = None):
@@ -248,7 +261,7 @@ def test_stream_reassembles_to_the_non_streamed_text(client):
 
 def test_models_lists_the_model_and_its_adapters(client):
     models = {model.id: model for model in client.models.list()}
-    assert set(models) == {"tiny", "lora-a", "lora-b"}
+    assert set(models) == {"tiny", "lora-a", "lora-b", "lora-gone"}
     assert models["lora-a"].model_extra["parent"] == "tiny"
 
 
@@ -329,12 +342,15 @@ def test_extra_fields_are_accepted_and_unknown_routes_are_openai_shaped(client):
 def test_unexpected_engine_failure_is_a_500_and_the_app_survives(echo_client):
     with pytest.raises(openai.InternalServerError) as raised:
         echo_client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "boom"}])
-    assert raised.value.body["type"] == "server_error" and "blew up" in raised.value.body["message"]
+    assert raised.value.body["type"] == "server_error"
+    _assert_no_internals(raised.value.body["message"], "blew up", "RuntimeError")
+    assert "error id" in raised.value.body["message"]  # what to look for in the server's log
     stream = echo_client.chat.completions.create(
         model="echo", messages=[{"role": "user", "content": "boom"}], stream=True
     )
-    with pytest.raises(openai.APIError, match="blew up"):  # headers were sent: the error comes as an event
+    with pytest.raises(openai.APIError, match="error id") as raised:  # headers were sent: the error is an event
         list(stream)
+    _assert_no_internals(str(raised.value), "blew up", "RuntimeError")
     reply = echo_client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "still here"}])
     assert reply.choices[0].message.content == "still here "
 
@@ -434,6 +450,225 @@ def test_bearer_auth_on_and_off(serve_apps):
     assert requests.post(f"{BASE_URL}/chat/completions", json=_GOOD, timeout=30).status_code == 200
 
 
+# -- one bad request fails alone ----------------------------------------------------------------------------------
+
+_BAD_SCHEMA = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
+_VERDICT_SCHEMA = {
+    "type": "object", "properties": {"verdict": {"type": "string", "enum": ["A", "B"]}},
+    "required": ["verdict"], "additionalProperties": False,
+}
+
+
+def _post_all(url: str, bodies: list, **kwargs) -> list[requests.Response]:
+    """Every body posted at once, each from its own thread, so that they reach the replica together."""
+    start = threading.Barrier(len(bodies))
+
+    def post(body) -> requests.Response:
+        data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+        start.wait()
+        return requests.post(url, data=data, headers={"Content-Type": "application/json"}, timeout=120, **kwargs)
+
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(post, bodies))
+
+
+def test_a_bad_request_fails_alone_and_its_batch_is_answered(serve_apps):
+    """Good and bad requests at once: the bad ones get a 400 each, found before batching; the good ones are
+    batched together and answered as if the bad ones had never come."""
+    good = [{**_GOOD, "messages": [{"role": "user", "content": f"Question {index}?"}], "max_tokens": 6}
+            for index in range(6)]
+    good.append({**_GOOD, "max_tokens": 24, "messages": [{"role": "user", "content": "Which is better?"}],
+                 "response_format": {"type": "json_schema",
+                                     "json_schema": {"name": "verdict", "schema": _VERDICT_SCHEMA}}})
+    bad = {
+        "schema-rejected": ({**_GOOD, "response_format": _BAD_SCHEMA}, "response_format", "nonsense"),
+        "schema-not-object": ({**_GOOD, "response_format": {"type": "json_schema",
+                                                            "json_schema": {"name": "x", "schema": [1]}}},
+                              "response_format.json_schema.json_schema.schema", "should be an object"),
+        "seed-over-2**64": ({**_GOOD, "seed": 2**70}, "seed", "less than or equal"),
+        "seed-negative": ({**_GOOD, "seed": -1}, "seed", "greater than or equal"),
+        "over-context": ({**_GOOD, "messages": [{"role": "user", "content": "word " * 400}]}, "messages",
+                         "context"),
+    }
+    before = _batches(SERVER)
+    responses = _post_all(f"{BASE_URL}/chat/completions", good + [body for body, _, _ in bad.values()])
+    after = _batches(SERVER)
+
+    for response in responses[:len(good)]:
+        assert response.status_code == 200, response.text
+        reply = response.json()
+        assert reply["choices"][0]["finish_reason"] in {"stop", "length"}
+        assert reply["usage"]["completion_tokens"] > 0
+    assert json.loads(responses[len(good) - 1].json()["choices"][0]["message"]["content"])["verdict"] in {"A", "B"}
+    for (name, (_, param, words)), response in zip(bad.items(), responses[len(good):]):
+        error = _assert_openai_error(response, 400, param=param)
+        assert error["type"] == "invalid_request_error"
+        assert words in error["message"], (name, error["message"])
+        _assert_no_internals(error["message"], "RuntimeError", "xgrammar")
+    new_batches = after["generate"][len(before["generate"]):]
+    assert sum(new_batches) == len(good), new_batches  # no bad request reached a batch
+    assert max(new_batches) > 1, new_batches  # and the good ones did share one
+
+
+def test_a_request_body_over_the_limit_is_a_413(serve_apps):
+    limit = ServeAppConfig().max_request_bytes  # the real app runs with the default
+    big = json.dumps({**_GOOD, "messages": [{"role": "user", "content": "x" * limit}]}).encode()
+    url = f"{BASE_URL}/chat/completions"
+    declared = requests.post(url, data=big, headers={"Content-Type": "application/json"}, timeout=60)
+    error = _assert_openai_error(declared, 413, code="request_too_large")
+    assert str(limit) in error["message"]
+
+    def chunks():  # no Content-Length: the limit is found while reading
+        for start in range(0, len(big), 64 * 1024):
+            yield big[start:start + 64 * 1024]
+
+    chunked = requests.post(url, data=chunks(), headers={"Content-Type": "application/json"}, timeout=60)
+    _assert_openai_error(chunked, 413, code="request_too_large")
+    assert requests.post(url, json=_GOOD, timeout=30).status_code == 200
+
+
+def test_tokenizing_a_huge_prompt_does_not_stall_the_replica(serve_apps):
+    """A prompt just under the body limit takes the tokenizer a second or two; meanwhile the same replica answers
+    health checks at once, because tokenization runs off its event loop."""
+    prompt = "a," * ((ServeAppConfig().max_request_bytes - 1000) // 2)  # a token a character: the slowest seen
+    outcome = {}
+
+    def post_huge() -> None:
+        started = time.perf_counter()
+        outcome["response"] = requests.post(f"{BASE_URL}/chat/completions", timeout=120,
+                                            json={**_GOOD, "messages": [{"role": "user", "content": prompt}]})
+        outcome["seconds"] = time.perf_counter() - started
+
+    huge = threading.Thread(target=post_huge)
+    huge.start()
+    time.sleep(0.3)  # the body is in; the tokenizer is at work
+    health_seconds = []
+    while huge.is_alive():
+        started = time.perf_counter()
+        assert requests.get(f"{SERVER}/health", timeout=30).status_code == 200
+        health_seconds.append(time.perf_counter() - started)
+        time.sleep(0.05)
+    huge.join()
+    _assert_openai_error(outcome["response"], 400, code="context_length_exceeded")
+    assert outcome["seconds"] > 1.0, "the prompt tokenized too fast to tell"
+    # On the event loop, one health check would wait out the whole tokenization; off it, they come and go.
+    assert len(health_seconds) >= 5, (health_seconds, outcome["seconds"])
+    assert sorted(health_seconds)[len(health_seconds) // 2] < 0.1, health_seconds
+    assert max(health_seconds) < outcome["seconds"] / 3, (health_seconds, outcome["seconds"])
+
+
+def test_a_missing_adapter_is_a_500_that_does_not_echo_its_path(serve_apps, client):
+    response = requests.post(f"{BASE_URL}/chat/completions", json={**_GOOD, "model": "lora-gone"}, timeout=60)
+    error = _assert_openai_error(response, 500)
+    assert error["type"] == "server_error" and "lora-gone" in error["message"] and "error id" in error["message"]
+    _assert_no_internals(error["message"], serve_apps["real_adapters"]["lora-gone"], "adapter_config")
+    assert _chat(client, "still here?", model="lora-a").choices  # the other adapters still load and serve
+
+
+def test_grammar_cache_is_a_bounded_lru(tiny_model_dir):
+    """The engine keeps at most grammar_cache_size compiled schemas, the least recently used going first; a
+    schema the compiler rejects raises UnsupportedSchema (a 400 in the app) without xgrammar's source location."""
+    from sefl_ray.serve.app import build_engine
+
+    engine = build_engine(load_app_config({"model": str(tiny_model_dir), "grammar_cache_size": 2}))
+    schemas = [{"type": "object", "properties": {f"field_{index}": {"type": "integer"}}} for index in range(3)]
+
+    def check(schema):
+        request = GenerationRequest(prompt="hi", max_tokens=4, json_schema=schema)
+        engine.check(request)
+        return request.grammar
+
+    first, second = check(schemas[0]), check(schemas[1])
+    assert check(schemas[0]) is first  # a hit, and now the most recent of the two
+    check(schemas[2])  # evicts schemas[1], the least recently used
+    assert len(engine._grammars) == 2
+    assert check(schemas[0]) is first
+    assert check(schemas[1]) is not second  # compiled again (and schemas[2] went)
+    with pytest.raises(UnsupportedSchema) as raised:
+        check({"type": "nonsense"})
+    assert 'Unsupported type "nonsense"' in str(raised.value) and raised.value.param == "response_format"
+    _assert_no_internals(str(raised.value))
+    assert len(engine._grammars) == 2
+    [result] = engine.generate([GenerationRequest(prompt="hi", max_tokens=24, json_schema=schemas[2])])
+    assert set(json.loads(result.text)) <= {"field_2"}  # an evicted schema still decodes (compiled again)
+
+
+# -- auth fails closed (no Serve: an app that must not start is checked where it is built) ------------------------
+
+
+def test_api_key_env_naming_an_unset_or_empty_variable_stops_the_build(monkeypatch):
+    for value in (None, "", "  \n"):
+        if value is None:
+            monkeypatch.delenv(UNSET_KEY_ENV, raising=False)
+        else:
+            monkeypatch.setenv(UNSET_KEY_ENV, value)
+        with pytest.raises(ServeConfigError) as raised:
+            build_app({"api_key_env": UNSET_KEY_ENV})
+        message = str(raised.value)
+        assert UNSET_KEY_ENV in message and "api_key_env: null" in message and "\n" not in message
+        assert isinstance(raised.value, ConfigError)  # the sefl-ray CLI prints it in one line
+    monkeypatch.setenv(UNSET_KEY_ENV, "sk-set")
+    assert build_app({"api_key_env": UNSET_KEY_ENV}) is not None
+    assert build_app({"api_key_env": None}) is not None  # the explicit opt-out still serves without a key
+
+
+def test_a_replica_without_its_key_refuses_to_start(monkeypatch):
+    """The replica checks again (its node may lack the variable the builder saw), before loading any model."""
+    monkeypatch.delenv(UNSET_KEY_ENV, raising=False)
+    replica_class = deployment_for(ServeAppConfig(model="echo", api_key_env=UNSET_KEY_ENV)).func_or_class
+
+    def no_engine(config):
+        raise AssertionError("the engine was built before the key was checked")
+
+    replica = object.__new__(replica_class)
+    with pytest.raises(ServeConfigError, match=UNSET_KEY_ENV):  # the (async) constructor a replica runs
+        asyncio.run(replica_class.__init__(replica, ServeAppConfig(model="echo", api_key_env=UNSET_KEY_ENV),
+                                           engine_factory=no_engine))
+
+
+def test_serve_reports_a_missing_key_in_one_line(ray_session):
+    """What `serve run`/`serve deploy` and a RayService's status show: Serve's own build task, given our builder,
+    returns the message alone (a RayServeException), not a traceback."""
+    from ray.serve._private.application_state import build_serve_application
+    from ray.serve.schema import LoggingConfig
+
+    _, deploy_args, error = ray_session.get(build_serve_application.remote(
+        "sefl_ray.serve.app:build_app", "test", "noauth", {"api_key_env": UNSET_KEY_ENV}, LoggingConfig(),
+        None, {}, {}, {},
+    ))
+    assert deploy_args is None
+    assert error.startswith(f"api_key_env names ${UNSET_KEY_ENV}") and "\n" not in error, error
+
+
+def test_local_serve_refuses_an_unset_key_before_starting_serve(monkeypatch):
+    from sefl_ray.config import SeflConfig
+    from sefl_ray.serve.local import start_local_serve
+
+    monkeypatch.delenv(UNSET_KEY_ENV, raising=False)
+    config = SeflConfig.model_validate({"serve": {"enabled": True, "app": {"api_key_env": UNSET_KEY_ENV}}})
+    with pytest.raises(ConfigError, match=UNSET_KEY_ENV):
+        start_local_serve(config, timeout_s=1)
+
+
+def test_rayservice_apps_take_their_key_from_a_secret(monkeypatch):
+    manifest = yaml.safe_load((REPO / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    apps = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
+    key_vars = {load_app_config(app["args"]).api_key_env for app in apps}
+    assert None not in key_vars, "every app on the cluster needs a key"
+    cluster = manifest["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:  # the builder may run on any node, replicas on the GPU ones: every container has it
+        for container in group["template"]["spec"]["containers"]:
+            secret_env = {env["name"]: env["valueFrom"]["secretKeyRef"] for env in container.get("env", [])
+                          if "secretKeyRef" in env.get("valueFrom", {})}
+            assert key_vars <= set(secret_env), container["name"]
+            assert not any(secret_env[name].get("optional") for name in key_vars), "a missing Secret must stop pods"
+    for name in key_vars:
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ServeConfigError):
+        build_app(apps[0]["args"])
+
+
 # -- configs and request mapping (no Ray) --------------------------------------------------------------------------
 
 
@@ -466,8 +701,9 @@ def test_feedback_config_autoscales():
 def test_vllm_engine_is_a_clear_config_error():
     with pytest.raises(ConfigError, match=r"ray\[llm\]"):
         load_app_config({"engine": "vllm"})
-    with pytest.raises(ConfigError, match="max_batch_siz"):
-        load_app_config({"max_batch_siz": 4})
+    with pytest.raises(ConfigError, match="max_batch_siz") as raised:
+        load_app_config({"max_batch_siz": 4, "num_cpus": "many"})
+    assert "num_cpus" in str(raised.value) and "\n" not in str(raised.value)  # one line, as Serve prints it
 
 
 def test_request_mapping():
@@ -502,11 +738,19 @@ def test_64_clients_for_30_seconds_get_no_5xx(serve_apps):
     from sefl_ray.testing.load import post_in_loops
 
     good = {"model": "tiny", "messages": [{"role": "user", "content": "Give feedback."}], "max_tokens": 4}
-    bad = {"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}
-    statuses, latencies = asyncio.run(post_in_loops(
-        f"{BASE_URL}/chat/completions", 64, 30, lambda index, turn: bad if (index + turn) % 10 == 0 else good))
+    bad = [  # each would fail its whole batch if it reached one
+        {**good, "model": "no-such-model"},
+        {**good, "response_format": _BAD_SCHEMA},
+        {**good, "seed": 2**70},
+        {**good, "messages": [{"role": "user", "content": "word " * 400}]},
+    ]
+
+    def body_for(index: int, turn: int) -> dict:
+        return bad[(index + turn) // 10 % len(bad)] if (index + turn) % 10 == 0 else good
+
+    statuses, latencies = asyncio.run(post_in_loops(f"{BASE_URL}/chat/completions", 64, 30, body_for))
     assert statuses and not [s for s in statuses if s >= 500]
-    assert statuses.count(200) > 0 and statuses.count(404) > 0
+    assert statuses.count(200) > 0 and statuses.count(404) > 0 and statuses.count(400) > 0
     quantiles = statistics.quantiles(latencies, n=100)
     print(f"\n64 clients x 30 s: {len(statuses)} requests, p50 {quantiles[49] * 1000:.0f} ms, "
           f"p99 {quantiles[98] * 1000:.0f} ms")

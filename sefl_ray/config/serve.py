@@ -77,7 +77,16 @@ class ServeAppConfig(StrictModel):
     )
     api_key_env: str | None = Field(
         None, decides="execution",
-        description="Env var holding the key clients must send as 'Authorization: Bearer'; unset: no auth.",
+        description="Env var holding the key clients must send as 'Authorization: Bearer'; None: no auth. A "
+        "named variable that is unset or empty stops the app from starting (auth fails closed).",
+    )
+    max_request_bytes: int = Field(
+        1024 * 1024, decides="execution", ge=1024,
+        description="Largest request body accepted; a larger one is answered 413 before it is read whole.",
+    )
+    grammar_cache_size: int = Field(
+        64, decides="execution", ge=1,
+        description="Compiled JSON-schema grammars kept per replica; the least recently used goes.",
     )
     num_replicas: int = Field(
         1, decides="execution", ge=1,

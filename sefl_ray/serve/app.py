@@ -9,7 +9,13 @@ whose `model` names a LoRA adapter from the config is served by the base model w
 through `@serve.multiplexed` (least recently used adapters are unloaded past `max_adapters_per_replica`).
 
 `build_app(args)` is the application builder that `serve run serve_configs/feedback.yaml` calls; `args` are the
-fields of `ServeAppConfig`.
+fields of `ServeAppConfig`. It refuses to build an app whose config is wrong or whose `api_key_env` names an unset
+variable (auth fails closed), with a `ServeConfigError` that Serve reports as its one-line message.
+
+One request can only fail itself: the body is bounded (413), and everything a request can get wrong (its JSON, its
+fields, a prompt over the context, a JSON schema the grammar compiler rejects) is found before it joins a batch,
+with tokenization and grammar compilation in a worker thread. Error bodies say what the client can change; a 500
+says only that it happened and gives the id under which the server logged the details.
 
 Annotations are evaluated, not postponed: Serve pickles the deployment class by value, and FastAPI could not resolve
 a string annotation such as "Request" against the pickled methods' globals.
@@ -23,6 +29,7 @@ import json
 import logging
 import os
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal, TypeVar
 
@@ -33,11 +40,12 @@ from pydantic import BaseModel, ValidationError
 from ray import serve
 from ray.serve import Application
 from ray.serve.deployment import Deployment
+from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sefl_ray.config import ServeAppConfig
 from sefl_ray.errors import ConfigError
-from sefl_ray.serve.engine_api import Engine, GenerationRequest, GenerationResult, PromptTooLong
+from sefl_ray.serve.engine_api import Engine, GenerationRequest, GenerationResult, InvalidRequest, PromptTooLong
 from sefl_ray.serve.openai_api import (
     APIError,
     ChatChunkChoice,
@@ -70,18 +78,42 @@ VLLM_NOT_WIRED = (
 # -- config --------------------------------------------------------------------------------------------------------
 
 
+class ServeConfigError(ConfigError, RayServeException):
+    """A ConfigError that Ray Serve reports as its message alone: Serve's build task returns a RayServeException's
+    text as the app's status (`serve run`, `serve status`, a RayService's status) where any other exception becomes
+    a traceback. The sefl-ray CLI prints it in one line like every SeflError."""
+
+
 def load_app_config(args: dict[str, Any] | ServeAppConfig | None) -> ServeAppConfig:
-    """Validate a Serve config file's `args`; raises ConfigError naming the bad field."""
+    """Validate a Serve config file's `args`; raises ServeConfigError naming the bad field."""
     if isinstance(args, ServeAppConfig):
         config = args
     else:
         try:
             config = ServeAppConfig.model_validate(args or {})
-        except ValidationError as error:
-            raise ConfigError(f"serve app args: {error}") from None
+        except ValidationError as error:  # one line, as Serve and the CLI print it
+            problems = [f"{'.'.join(map(str, problem['loc'])) or '(top level)'}: {problem['msg']}"
+                        for problem in error.errors()]
+            raise ServeConfigError(f"serve app args: {'; '.join(problems)}") from None
     if config.engine == "vllm":
-        raise ConfigError(VLLM_NOT_WIRED)
+        raise ServeConfigError(VLLM_NOT_WIRED)
     return config
+
+
+def api_key(env_var: str | None) -> str | None:
+    """The key clients must send, read from `env_var`; None only for `api_key_env: null`, the explicit opt-out.
+
+    Fails closed: a named variable that is unset or empty raises, so an app meant to need a key never serves
+    everyone because a secret was not mounted."""
+    if env_var is None:
+        return None
+    key = os.environ.get(env_var, "").strip()  # a key read from a secret file often ends in a newline
+    if not key:
+        raise ServeConfigError(
+            f"api_key_env names ${env_var}, which is unset or empty where the Serve app starts: set it to the key "
+            f"clients must send, or set api_key_env: null to serve without auth"
+        )
+    return key
 
 
 def build_engine(config: ServeAppConfig) -> Engine:
@@ -91,7 +123,8 @@ def build_engine(config: ServeAppConfig) -> Engine:
     from sefl_ray.serve.engine import TransformersEngine
 
     return TransformersEngine(
-        config.model, dtype=config.dtype, device=config.device, max_model_len=config.max_model_len
+        config.model, dtype=config.dtype, device=config.device, max_model_len=config.max_model_len,
+        grammar_cache_size=config.grammar_cache_size,
     )
 
 
@@ -138,11 +171,31 @@ def invalid_request(errors: Any) -> APIError:
 RequestT = TypeVar("RequestT", bound=BaseModel)
 
 
-async def parse_body(request: Request, request_type: type[RequestT]) -> RequestT:
+async def parse_body(request: Request, request_type: type[RequestT], max_bytes: int) -> RequestT:
     try:
-        return request_type.model_validate_json(await request.body())
+        return request_type.model_validate_json(await read_body(request, max_bytes))
     except ValidationError as error:
         raise invalid_request(error.errors()) from None
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, or a 413 as soon as it is known to be over `max_bytes`: from Content-Length before
+    reading anything, else while reading (a chunked body), so a replica never holds more than the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(max_bytes: int) -> APIError:
+    return APIError(413, f"the request body is over this server's limit of {max_bytes} bytes (max_request_bytes)",
+                    code="request_too_large")
 
 
 # -- helpers -------------------------------------------------------------------------------------------------------
@@ -277,22 +330,19 @@ async def _iterate_in_thread(make_steps: Callable[..., Iterator[Any]], *args: An
         stop.set()
 
 
-def _server_error(error: Exception) -> APIError:
-    return APIError(500, f"internal error: {type(error).__name__}: {error}", error_type="server_error")
+def _server_error(what: str) -> APIError:
+    """A 500 that says nothing of the failure but the id under which it logs the exception being handled (call it
+    inside the `except`): exception texts hold paths and internals that are the server's business."""
+    error_id = uuid.uuid4().hex[:12]
+    logger.exception("%s failed (error id %s)", what, error_id)
+    return APIError(
+        500, f"{what} failed on the server (error id {error_id}): the server's log has the details",
+        error_type="server_error",
+    )
 
 
 def _nothing() -> None:
     return None
-
-
-def _api_key(env_var: str | None) -> str | None:
-    if env_var is None:
-        return None
-    key = os.environ.get(env_var)
-    if not key:
-        logger.warning("api_key_env names %s, which is not set in the replica: requests are not authenticated", env_var)
-        return None
-    return key
 
 
 # -- the deployment ----------------------------------------------------------------------------------------------------
@@ -311,13 +361,13 @@ class OpenAIDeployment:
         engine_factory: Callable[[ServeAppConfig], Engine] | None = None,
     ) -> None:
         self._config = load_app_config(config)
+        self._api_key = api_key(self._config.api_key_env)  # build_app checked it; this replica's node may differ
         if self._config.torch_threads:
             import torch
 
             torch.set_num_threads(self._config.torch_threads)
         self._engine = (engine_factory or build_engine)(self._config)
         self._started = now()
-        self._api_key = _api_key(self._config.api_key_env)
         for batch_handler in (self._generate_batch, self._stream_batch):
             batch_handler.set_max_batch_size(self._config.max_batch_size)
             batch_handler.set_batch_wait_timeout_s(self._config.batch_wait_timeout_s)
@@ -356,13 +406,11 @@ class OpenAIDeployment:
 
     @fastapi_app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, request: Request) -> JSONResponse | StreamingResponse:
-        self._authorize(request)
-        return await self._answer(await parse_body(request, ChatCompletionRequest))
+        return await self._answer(request, ChatCompletionRequest)
 
     @fastapi_app.post("/v1/completions", response_model=None)
     async def completions(self, request: Request) -> JSONResponse | StreamingResponse:
-        self._authorize(request)
-        return await self._answer(await parse_body(request, CompletionRequest))
+        return await self._answer(request, CompletionRequest)
 
     @fastapi_app.get("/debug/batches")
     async def batches(self, request: Request) -> dict[str, Any]:
@@ -372,9 +420,13 @@ class OpenAIDeployment:
 
     # -- one request ---------------------------------------------------------------------------------------------
 
-    async def _answer(self, body: ChatCompletionRequest | CompletionRequest) -> JSONResponse | StreamingResponse:
+    async def _answer(
+        self, request: Request, request_type: type[ChatCompletionRequest] | type[CompletionRequest]
+    ) -> JSONResponse | StreamingResponse:
         try:
-            generation = self._generation_request(body)
+            self._authorize(request)  # before the body is read: a client without the key costs next to nothing
+            body = await parse_body(request, request_type, self._config.max_request_bytes)
+            generation = await self._generation_request(body)
             release_adapter = await self._use_adapter(generation.adapter)
             if body.stream:
                 # The stream holds the adapter itself, from its first step: a response that never starts (the
@@ -392,18 +444,23 @@ class OpenAIDeployment:
             return JSONResponse(completion(response_id, body.model, result).model_dump())
         except APIError:
             raise
-        except Exception as error:
-            logger.exception("request failed")
-            raise _server_error(error) from error
+        except Exception:
+            raise _server_error(f"{request.method} {request.url.path}") from None
 
-    def _generation_request(self, body: ChatCompletionRequest | CompletionRequest) -> GenerationRequest:
+    async def _generation_request(self, body: ChatCompletionRequest | CompletionRequest) -> GenerationRequest:
+        """The engine's request, checked by the engine before it can join a batch: whatever is wrong with it fails
+        this request alone, with a 400."""
         adapter = self._adapter_for(body.model)
         generation = to_generation_request(body, default_max_tokens=self._config.default_max_tokens, adapter=adapter)
         try:
-            self._engine.check(generation)
-        except PromptTooLong as error:
-            param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
-            raise APIError(400, str(error), param=param, code="context_length_exceeded") from None
+            # A chat template, the tokenizer and a new schema's grammar take a while on a long prompt: off the event
+            # loop, so that the replica keeps answering (health checks, other requests) meanwhile.
+            await asyncio.to_thread(self._engine.check, generation)
+        except InvalidRequest as error:
+            param = error.param
+            if param is None and isinstance(error, PromptTooLong):
+                param = "messages" if isinstance(body, ChatCompletionRequest) else "prompt"
+            raise APIError(400, str(error), param=param, code=error.code) from None
         return generation
 
     def _adapter_for(self, model: str) -> str | None:
@@ -492,9 +549,8 @@ class OpenAIDeployment:
             yield "data: [DONE]\n\n"
         except APIError as error:
             yield _sse(error.body())
-        except Exception as error:
-            logger.exception("stream failed")
-            yield _sse(_server_error(error).body())
+        except Exception:
+            yield _sse(_server_error("the stream").body())
         finally:
             release_adapter()
 
@@ -506,11 +562,8 @@ class OpenAIDeployment:
             return _nothing
         try:
             await self._cached_adapter(name)
-        except Exception as error:
-            logger.exception("loading adapter '%s' failed", name)
-            raise APIError(
-                500, f"could not load adapter '{name}': {type(error).__name__}: {error}", error_type="server_error"
-            ) from error
+        except Exception:
+            raise _server_error(f"loading adapter '{name}'") from None  # the path and the error go to the log only
         # No await between the cache answering and this line, so an eviction cannot slip in before the hold.
         self._adapter_users.enter(name)
         released = threading.Event()
@@ -545,7 +598,12 @@ def deployment_for(config: ServeAppConfig) -> Deployment:
     return OpenAIDeployment.options(**options)
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """The application builder of `serve run` configs (`import_path: sefl_ray.serve.app:build_app`)."""
+def build_app(args: dict[str, Any] | ServeAppConfig) -> Application:
+    """The application builder of `serve run` configs (`import_path: sefl_ray.serve.app:build_app`).
+
+    Raises ServeConfigError for a bad config or an `api_key_env` that is unset here: Serve runs the builder before
+    any replica, in the app's runtime_env, so a missing key stops the app in one line instead of a replica crash
+    loop (each replica checks again, for a cluster whose nodes differ)."""
     config = load_app_config(args)
+    api_key(config.api_key_env)
     return deployment_for(config).bind(config)

@@ -8,22 +8,34 @@ makes small models such as SmolLM2-135M usable in the loop, since asked in words
 
 from __future__ import annotations
 
+import collections
+import hashlib
 import inspect
 import json
 import logging
+import re
 import threading
 from typing import Iterator
 
 import torch
 
-from sefl_ray.serve.engine_api import GenerationRequest, GenerationResult, PromptTooLong
+from sefl_ray.serve.engine_api import (
+    GenerationRequest,
+    GenerationResult,
+    InvalidRequest,
+    PromptTooLong,
+    UnsupportedSchema,
+)
 
 logger = logging.getLogger(__name__)
+
+# xgrammar's errors start with "[time] /its/source/file.cc:123: "; what follows is about the schema itself.
+_XGRAMMAR_PREFIX = re.compile(r"^\[[^\]]*\]\s*[^\s:]+:\d+:\s*")
 
 
 class TransformersEngine:
     def __init__(self, model: str, *, dtype: str = "float32", device: str | None = None,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, grammar_cache_size: int = 64):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from sefl_ray.models import resolve_model
@@ -39,7 +51,13 @@ class TransformersEngine:
         self.pad_token_id = self.tokenizer.pad_token_id
         if self.pad_token_id is None:
             self.pad_token_id = self.stop_token_ids[0]
-        self._grammars: dict[str, object] = {}
+        # Compiled grammars by schema, least recently used first; a client sending a new schema per request must
+        # not grow a replica's memory without end.
+        self._grammars: collections.OrderedDict[str, object] = collections.OrderedDict()
+        self.grammar_cache_size = grammar_cache_size
+        self._grammar_lock = threading.Lock()
+        # `check` runs in worker threads, several at once; HF tokenizers are not meant to encode concurrently.
+        self._tokenizer_lock = threading.Lock()
         self._closing: torch.Tensor | None = None
         self._compiler = None
         self._adapters: set[str] = set()
@@ -50,12 +68,15 @@ class TransformersEngine:
     # -- the Engine protocol --------------------------------------------------------------------------------
 
     def check(self, request: GenerationRequest) -> int:
-        prompt_ids = request.prompt_ids = self._encode(request)
+        """Tokenize the prompt and compile the grammar now, so that a batch never meets a request it cannot run."""
+        with self._tokenizer_lock:
+            prompt_ids = request.prompt_ids = self._encode(request)
         if len(prompt_ids) + request.max_tokens > self.max_model_len:
             raise PromptTooLong(
                 f"prompt of {len(prompt_ids)} tokens plus max_tokens {request.max_tokens} exceeds the model's "
                 f"context of {self.max_model_len} tokens"
             )
+        request.grammar = self._grammar_for(request)
         return len(prompt_ids)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -115,7 +136,17 @@ class TransformersEngine:
         if request.prompt_ids is not None:
             return request.prompt_ids
         if request.messages is not None:
-            text = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+            import jinja2
+
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    request.messages, add_generation_prompt=True, tokenize=False
+                )
+            except jinja2.TemplateSyntaxError:
+                raise  # the template itself is broken: the server's fault, not the request's
+            except jinja2.TemplateError as error:  # the template's raise_exception, e.g. roles must alternate
+                raise InvalidRequest(f"the model's chat template rejects these messages: {error}",
+                                     param="messages") from None
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(request.prompt or "")["input_ids"]
 
@@ -187,24 +218,49 @@ class TransformersEngine:
         return self._closing
 
     def _matcher_for(self, request: GenerationRequest):
-        if request.json_schema is None and not request.json_object:
+        grammar = request.grammar if request.grammar is not None else self._grammar_for(request)
+        if grammar is None:
             return None
         import xgrammar as xgr
 
-        key = "json_object" if request.json_schema is None else json.dumps(request.json_schema, sort_keys=True)
-        if key not in self._grammars:
-            if self._compiler is None:
-                info = xgr.TokenizerInfo.from_huggingface(
-                    self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_token_ids
-                )
-                self._compiler = xgr.GrammarCompiler(info)
+        return xgr.GrammarMatcher(grammar)
+
+    def _grammar_for(self, request: GenerationRequest):
+        """The request's compiled grammar (None: unconstrained), from a bounded LRU cache keyed by the schema;
+        raises UnsupportedSchema for a schema xgrammar cannot compile."""
+        if request.json_schema is None and not request.json_object:
+            return None
+        if request.json_schema is None:
+            key = "json_object"
+        else:
+            key = hashlib.sha256(json.dumps(request.json_schema, sort_keys=True).encode()).hexdigest()
+        with self._grammar_lock:
+            if key in self._grammars:
+                self._grammars.move_to_end(key)
+                return self._grammars[key]
+            compiler = self._grammar_compiler()
             if request.json_schema is None:
-                self._grammars[key] = self._compiler.compile_builtin_json_grammar()
-            else:  # compact JSON: a small model given free whitespace can pad forever
-                self._grammars[key] = self._compiler.compile_json_schema(
-                    json.dumps(request.json_schema), any_whitespace=False
-                )
-        return xgr.GrammarMatcher(self._grammars[key])
+                grammar = compiler.compile_builtin_json_grammar()
+            else:
+                try:  # compact JSON: a small model given free whitespace can pad forever
+                    grammar = compiler.compile_json_schema(json.dumps(request.json_schema), any_whitespace=False)
+                except Exception as error:  # noqa: BLE001 - xgrammar raises RuntimeError for any schema it rejects
+                    raise UnsupportedSchema(_schema_error(error)) from None
+            self._grammars[key] = grammar
+            while len(self._grammars) > self.grammar_cache_size:
+                self._grammars.popitem(last=False)
+            return grammar
+
+    def _grammar_compiler(self):
+        if self._compiler is None:
+            import xgrammar as xgr
+
+            info = xgr.TokenizerInfo.from_huggingface(
+                self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_token_ids
+            )
+            # Its own cache is unbounded: ours above is the one that keeps grammars.
+            self._compiler = xgr.GrammarCompiler(info, cache_enabled=False)
+        return self._compiler
 
 
 class _RowSampler:
@@ -249,6 +305,18 @@ class _RowSampler:
 
     def terminated(self) -> bool:
         return self.matcher is not None and self.matcher.is_terminated()
+
+
+def _schema_error(error: Exception) -> str:
+    """What a client is told about a schema xgrammar rejected: its reason, without xgrammar's source location."""
+    reason = str(error).strip()
+    detail = _XGRAMMAR_PREFIX.sub("", reason) if _XGRAMMAR_PREFIX.match(reason) else ""
+    message = "response_format json_schema cannot be enforced by this server"
+    if detail and "\n" not in detail and len(detail) <= 300:
+        message += f": {detail}"
+    else:
+        logger.info("xgrammar rejected a schema: %s", reason)
+    return message
 
 
 def _stop_token_ids(model, tokenizer) -> list[int]:

@@ -21,8 +21,9 @@ def start_local_serve(config: SeflConfig, timeout_s: float = 600.0) -> str:
     from sefl_ray.serve.app import build_app
 
     settings = config.serve
+    app = build_app(settings.app)  # a bad app config or an unset api_key_env stops here, before Serve starts
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(build_app(settings.app), name=APP_NAME, route_prefix="/", blocking=False)
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     base_url = f"http://{settings.host}:{settings.port}/v1"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

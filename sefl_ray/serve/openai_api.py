@@ -79,7 +79,7 @@ class _SamplingRequest(_Lenient):
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=2**64 - 1)  # what a torch generator takes
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = 1
