@@ -64,7 +64,7 @@ def run_infer(config: SeflConfig) -> Path:
             ).write_parquet(str(parts))
     else:
         job = EndpointBatch(label=f"infer {settings.name}", endpoints=[settings.endpoint], row_fn=endpoint_row,
-                            schema=OUTPUT_SCHEMA, concurrency=settings.concurrency, batch_size=settings.batch_size)
+                            failed_row=failed_output_row, schema=OUTPUT_SCHEMA, concurrency=settings.concurrency, batch_size=settings.batch_size)
         run_endpoint_batches(config, items, job, parts)
     # a test set is small: every later stage reads one file, in the input's order
     table = read_parts(parts, OUTPUT_SCHEMA)
@@ -129,6 +129,11 @@ def _prompt_messages(row: dict[str, Any], path: Path) -> list[dict[str, str]]:
     if row.get("prompt"):
         return [{"role": "user", "content": row["prompt"]}]
     raise ConfigError(f"infer.input: {path} rows need `messages`, `prompt`, or `assignment` + `submission`")
+
+
+def failed_output_row(item: dict[str, Any], reason: str, config: SeflConfig) -> dict[str, Any]:
+    return _output_row(item, config.endpoint(config.infer.endpoint).model, status="failed", error=reason,
+                       cost_usd=None)
 
 
 def _output_row(item: dict[str, Any], model: str, **fields: Any) -> dict[str, Any]:

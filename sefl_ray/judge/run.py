@@ -154,8 +154,9 @@ def plan_tasks(systems: dict[str, dict], settings: JudgeConfig, config: SeflConf
 def call_judges(config: SeflConfig, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every task through its judge's endpoint; the actors write the rows, read back here in one table."""
     settings, layout = config.judge, RunLayout(config.run_dir)
-    job = EndpointBatch(label="judge", endpoints=list(settings.judges), row_fn=judge_row, schema=JUDGMENT_SCHEMA,
-                        concurrency=settings.concurrency, batch_size=settings.batch_size,
+    job = EndpointBatch(label="judge", endpoints=list(settings.judges), row_fn=judge_row,
+                        failed_row=failed_judgment, schema=JUDGMENT_SCHEMA, concurrency=settings.concurrency,
+                        batch_size=settings.batch_size,
                         num_actors=settings.num_actors, cache_dir=layout.judge_call_cache)
     parts = run_endpoint_batches(config, tasks, job, new_parts_dir(layout.judge_dir, ".calls"))
     try:
@@ -186,6 +187,11 @@ async def judge_row(task: dict[str, Any], clients: dict[str, Any], config: SeflC
                    "completion_tokens": record.completion_tokens, "cost_usd": record.cost_usd,
                    "cached": record.cached, "latency_s": record.latency_s, "finished_at": time.time()})
     return RowOutcome(row, row["status"], usage_of([record]))
+
+
+def failed_judgment(task: dict[str, Any], reason: str, config: SeflConfig) -> dict[str, Any]:
+    return {**task, "status": "failed", "error": reason, "latency_s": 0.0, "prompt_tokens": 0,
+            "completion_tokens": 0, "cost_usd": None, "cached": False, "finished_at": time.time()}
 
 
 def reparse(row: dict[str, Any]) -> dict[str, Any]:

@@ -43,6 +43,8 @@ class RowOutcome:
 
 
 RowFn = Callable[[dict[str, Any], dict[str, Any], Any], Awaitable[RowOutcome]]
+# (input row, reason, the actor's state) -> the stage's failed output row: what an exception in one row becomes
+FailedRowFn = Callable[[dict[str, Any], str, Any], dict[str, Any]]
 
 
 @dataclass
@@ -52,6 +54,7 @@ class EndpointBatch:
     label: str                     # the progress line's name
     endpoints: list[str]           # endpoint names the rows call: one client each per actor
     row_fn: RowFn                  # a module-level async function (Ray pickles it by reference)
+    failed_row: FailedRowFn        # module-level too: a row that raised, as a failed row with its reason
     schema: pa.Schema
     concurrency: int
     batch_size: int
@@ -161,14 +164,44 @@ class EndpointWorker:
             cache = CallCache(self.job.cache_dir) if self.job.cache_dir else None
             self.clients = {name: EndpointClient(self.config.endpoint(name), self.config.retry, limiter=self.limiter,
                                                  cache=cache) for name in dict.fromkeys(self.job.endpoints)}
-        outcomes = await asyncio.gather(*(self._one(row) for row in batch.to_pylist()))
+        rows = batch.to_pylist()
+        outcomes = await asyncio.gather(*(self._one(row) for row in rows))
         self.progress.flush()
-        table = pa.Table.from_pylist([o.row for o in outcomes if o.row is not None], schema=self.job.schema)
+        table = self._table([(row, outcome.row) for row, outcome in zip(rows, outcomes) if outcome.row is not None])
         if table.num_rows:
             write_part(table, self.out_dir)
         return pa.table({"rows": [table.num_rows]})
 
     async def _one(self, row: dict[str, Any]) -> RowOutcome:
-        outcome = await self.job.row_fn(row, self.clients, self.state)
+        """One row; whatever it raises (a dead helper actor, a reply no parser expected) fails this row alone."""
+        try:
+            outcome = await self.job.row_fn(row, self.clients, self.state)
+        except Exception as exc:
+            logger.warning("%s: a row raised %s; it is recorded as failed", self.job.label, type(exc).__name__,
+                           exc_info=True)
+            outcome = RowOutcome(self.job.failed_row(row, failure_reason(exc), self.state), "failed")
         self.progress.add(outcome.status, outcome.usage)
         return outcome
+
+    def _table(self, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> pa.Table:
+        """The batch's output rows; one that does not fit the schema (text that is not valid Unicode, a wrong
+        type) becomes a failed row instead of losing the batch."""
+        try:
+            return pa.Table.from_pylist([output for _, output in pairs], schema=self.job.schema)
+        except (pa.ArrowException, ValueError, TypeError, UnicodeError):
+            pass
+        outputs = []
+        for row, output in pairs:
+            try:
+                pa.Table.from_pylist([output], schema=self.job.schema)
+            except (pa.ArrowException, ValueError, TypeError, UnicodeError) as exc:
+                output = self.job.failed_row(row, f"the row could not be stored: {failure_reason(exc)}", self.state)
+            outputs.append(output)
+        return pa.Table.from_pylist(outputs, schema=self.job.schema)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line, short enough for a table cell: the exception's type and the first line of its message."""
+    first_line = next(iter(str(exc).strip().splitlines()), "")[:300]
+    first_line = first_line.encode("utf-8", "backslashreplace").decode("utf-8")  # storable, whatever it quotes
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__

@@ -34,6 +34,7 @@ class CallCache:
         self._entries: dict[str, dict[str, Any]] | None = None
         self._lock = threading.Lock()
         self._shard = None
+        self._broken = False
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
@@ -42,16 +43,25 @@ class CallCache:
             return self._entries.get(key)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
+        """Keep an answer. A cache that cannot be written (a full disk, a folder it may not write) warns once and
+        keeps answers in memory only: the call is paid for, so its row goes on rather than failing."""
         line = json.dumps({"key": key, "value": value}, ensure_ascii=False)
         with self._lock:
-            if self._shard is None:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                name = f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.jsonl"
-                self._shard = open(self.cache_dir / name, "a", encoding="utf-8")
-            self._shard.write(line + "\n")
-            self._shard.flush()
             if self._entries is not None:
                 self._entries[key] = value
+            if self._broken:
+                return
+            try:
+                if self._shard is None:
+                    self.cache_dir.mkdir(parents=True, exist_ok=True)
+                    name = f"{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}.jsonl"
+                    self._shard = open(self.cache_dir / name, "a", encoding="utf-8")
+                self._shard.write(line + "\n")
+                self._shard.flush()
+            except (OSError, UnicodeError) as exc:
+                self._broken = True
+                logger.warning("call cache %s cannot be written (%s): answers from here on are not kept, and a "
+                               "re-run pays for them again", self.cache_dir, exc)
 
     def _load(self) -> dict[str, dict[str, Any]]:
         """Every readable line of every shard. A damaged line (cut short by a kill, not UTF-8, not an entry) is

@@ -76,6 +76,12 @@ class EndpointClient:
             record.cached = True
             return ChatResult(text=hit["text"], finish_reason=hit["finish_reason"], record=record)
         estimated_tokens = _estimate_tokens(messages, params.get("max_tokens"))
+        if self.endpoint.tpm and estimated_tokens > self.endpoint.tpm:  # would wait for ever, then be refused
+            record.attempts = 1
+            raise self._failed(record, Failure(
+                f"the request needs about {estimated_tokens} tokens (prompt and max_tokens), more than endpoint "
+                f"'{self.endpoint.name}' allows per minute (tpm {self.endpoint.tpm}): it can never be sent; shorten "
+                "the prompt, lower max_tokens or raise tpm", False), started)
         async with self._slots:
             while True:
                 record.attempts += 1
@@ -146,10 +152,19 @@ def _first_choice(completion: Any) -> tuple[str, str | None]:
     choices = getattr(completion, "choices", None)
     if not choices:
         raise MalformedResponse("response has no choices")
-    message = choices[0].message
-    if message is None or message.content is None:
+    try:  # a 200 whose JSON has another shape: the SDK does not check it, so every access may fail
+        message = choices[0].message
+        content = None if message is None else message.content
+        finish_reason = choices[0].finish_reason
+    except (AttributeError, TypeError, IndexError, KeyError) as exc:
+        raise MalformedResponse(f"not a chat completion ({type(exc).__name__}: {exc})") from None
+    if not isinstance(content, str):
         raise MalformedResponse("first choice has no message content")
-    return message.content, choices[0].finish_reason
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a "\ud800" escape in the JSON: text no file or model can hold
+        raise MalformedResponse(f"the reply is not valid Unicode (a lone surrogate at character {exc.start})")
+    return content, finish_reason
 
 
 def _estimate_tokens(messages: list[dict[str, Any]], max_tokens: int | None) -> int:

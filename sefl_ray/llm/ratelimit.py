@@ -9,9 +9,13 @@ never exceed the limit, and a small safety margin absorbs the jitter between our
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 
 import ray
+
+
+LIMITER_NAME_PREFIX = "sefl-ray-limiter-"
 
 
 @dataclass(frozen=True)
@@ -58,5 +62,7 @@ RateLimiterActor = ray.remote(num_cpus=0)(RateLimiter)
 
 
 def create_shared_rate_limiter(limits: dict[str, Limit], safety_margin: float = 0.02):
-    """One limiter actor for a run; pass the handle to every worker that calls an endpoint."""
-    return RateLimiterActor.options(max_concurrency=1).remote(limits, safety_margin)
+    """One limiter actor for a run; pass the handle to every worker that calls an endpoint. It is named
+    (`sefl-ray-limiter-...`), so `ray list actors` shows whose it is."""
+    name = f"{LIMITER_NAME_PREFIX}{uuid.uuid4().hex[:8]}"
+    return RateLimiterActor.options(max_concurrency=1, name=name).remote(limits, safety_margin)

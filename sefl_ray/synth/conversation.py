@@ -70,7 +70,7 @@ async def run_conversation(
         finally:
             calls.extend(model_client.calls)
 
-    record = _base_record(plan, teacher, student, settings)
+    record = _base_record(plan, teacher.endpoint.model, student.endpoint.model, settings)
     budget = prompts.char_budget(settings.max_new_tokens)
     try:
         assignment = await ask(
@@ -140,15 +140,22 @@ def _describe(exc: ValidationError) -> str:
     return f"{where}: {first['msg']} ({exc.error_count()} problem(s))"
 
 
-def _base_record(plan: ConversationPlan, teacher: EndpointClient, student: EndpointClient,
+def _base_record(plan: ConversationPlan, teacher_model: str, student_model: str,
                  settings: ConversationSettings) -> dict[str, Any]:
     return {
         "id": plan.id, "source_id": plan.source_id, "source_text": plan.source_text,
         "sample_index": plan.sample_index, "preset": settings.preset, "assignment": None, "submission": None,
         "errors": [], "mistake_kinds": list(plan.mistake_kinds), "feedback": None, "feedback_items": [],
-        "teacher_model": teacher.endpoint.model, "student_model": student.endpoint.model,
+        "teacher_model": teacher_model, "student_model": student_model,
         "status": "failed", "error": None, "raw": None, "config_fingerprint": settings.config_fingerprint,
     }
+
+
+def failed_record(plan: ConversationPlan, teacher_model: str, student_model: str, settings: ConversationSettings,
+                  reason: str) -> dict[str, Any]:
+    """The record of a conversation that raised something no step expected: failed, with why."""
+    return {**_base_record(plan, teacher_model, student_model, settings), "error": reason, "messages": [],
+            "usage": [], "finished_at": time.time()}
 
 
 def _role_usage(role: str, client: EndpointClient, calls: list) -> dict[str, Any]:

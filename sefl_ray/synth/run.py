@@ -137,7 +137,7 @@ def _write_records(config, todo, records_dir: Path, fingerprint: str, budget, te
     synth = config.synth
     job = EndpointBatch(
         label="synth", endpoints=synth.endpoint_names("teacher") + synth.endpoint_names("student"),
-        row_fn=conversation_row, schema=RECORD_SCHEMA, concurrency=synth.concurrency, batch_size=synth.batch_size,
+        row_fn=conversation_row, failed_row=failed_conversation_row, schema=RECORD_SCHEMA, concurrency=synth.concurrency, batch_size=synth.batch_size,
         num_actors=synth.num_actors,
         cache_dir=RunLayout(config.run_dir).synth_call_cache if synth.cache_calls else None,
         setup=conversation_state, context={"fingerprint": fingerprint, "budget": budget, "texts": [texts]})
@@ -177,16 +177,29 @@ async def conversation_row(row: dict[str, Any], clients: dict[str, Any], state: 
     if state.budget is not None and not await state.budget.try_start.remote():
         return RowOutcome(None, "skipped")
     plan = ConversationPlan(source_text=state.texts[row["source_id"]], **row)
-    slot = int(plan.id[:8], 16)
-    teachers, students = state.config.synth.endpoint_names("teacher"), state.config.synth.endpoint_names("student")
-    record = await run_conversation(plan, clients[teachers[slot % len(teachers)]],
-                                    clients[students[slot % len(students)]], state.settings)
+    teacher, student = _pinned_endpoints(plan.id, state.config)
+    record = await run_conversation(plan, clients[teacher], clients[student], state.settings)
     usage = Usage()
     for entry in record["usage"]:
         add_role_usage(usage, entry)
     if state.budget is not None:
         await state.budget.charge.remote(usage.tokens, usage.cost_usd)
     return RowOutcome(record, record["status"], usage)
+
+
+def failed_conversation_row(row: dict[str, Any], reason: str, state: ConversationState) -> dict[str, Any]:
+    from sefl_ray.synth.conversation import ConversationPlan, failed_record
+
+    plan = ConversationPlan(source_text=state.texts.get(row["source_id"], ""), **row)
+    teacher, student = _pinned_endpoints(plan.id, state.config)
+    return failed_record(plan, state.config.endpoint(teacher).model, state.config.endpoint(student).model,
+                         state.settings, reason)
+
+
+def _pinned_endpoints(row_id: str, config: SeflConfig) -> tuple[str, str]:
+    slot = int(row_id[:8], 16)
+    teachers, students = config.synth.endpoint_names("teacher"), config.synth.endpoint_names("student")
+    return teachers[slot % len(teachers)], students[slot % len(students)]
 
 
 class _Budget:

@@ -48,8 +48,21 @@ OUTCOMES = ("ok", "429", "rate_limited", "500", "timeout", "malformed", "bad_req
 #: Outcomes of requests that got past the RPM limiter, i.e. the ones a vendor would count against the limit.
 SERVED_OUTCOMES = ("ok", "429", "500", "timeout", "malformed", "bad_request")
 
-#: A fixed reply script: None (echo the last user message), a list cycled in order, or a function of the request.
-Replies = Sequence[str] | Callable[[dict[str, Any]], str] | None
+
+
+@dataclass(frozen=True)
+class RawReply:
+    """What a replies function returns to send these exact bytes instead of a chat completion (a vendor's garbage:
+    a cut body, HTML, a JSON value of the wrong shape)."""
+
+    body: str
+    status: int = 200
+    content_type: str = "application/json"
+
+
+#: A fixed reply script: None (echo the last user message), a list cycled in order, or a function of the request
+#: (returning the reply's text, or a `RawReply`).
+Replies = Sequence[str] | Callable[[dict[str, Any]], str | RawReply] | None
 
 # A body that starts like a chat completion and stops mid-way, as a vendor's truncated response would.
 _MALFORMED_BODY = '{"id": "chatcmpl-loopback", "object": "chat.completion", "choices": [{"message": {"content": "'
@@ -308,6 +321,8 @@ class LoopbackServer:
                 with self._lock:
                     record.outcome = "500"
                 return _error_response(500, f"replies callable raised {type(exc).__name__}: {exc}", "server_error")
+        if isinstance(content, RawReply):
+            return web.Response(status=content.status, text=content.body, content_type=content.content_type)
         return await self._answer(request, body, content, legacy=legacy)
 
     def _admit(
@@ -363,13 +378,13 @@ class LoopbackServer:
             roll -= rate
         return "ok"
 
-    def _scripted_reply(self, body: dict[str, Any], *, legacy: bool) -> str:
+    def _scripted_reply(self, body: dict[str, Any], *, legacy: bool) -> str | RawReply:
         if self._replies is None:
             return _default_reply(body, legacy=legacy)
         if callable(self._replies):
             content = self._replies(body)
-            if not isinstance(content, str):
-                raise TypeError(f"replies callable must return str, got {type(content).__name__}")
+            if not isinstance(content, (str, RawReply)):
+                raise TypeError(f"replies callable must return str or RawReply, got {type(content).__name__}")
             return content
         with self._lock:
             content = self._replies[self._reply_index % len(self._replies)]
