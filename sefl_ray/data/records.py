@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,23 @@ def _rows_to_keep(records_dir: Path) -> tuple[list[Path], dict[int, list[int]]]:
     for _, file_index, row_index in best.values():
         kept.setdefault(file_index, []).append(row_index)
     return paths, kept
+
+
+def past_attempts(records_dir: str | Path) -> tuple[Usage, Counter[str]]:
+    """What every attempt recorded under `records_dir` cost, and how many attempts of each id failed. Every row of
+    every file counts, not one per id: a failed attempt that an ok one replaced was paid for too."""
+    spent, failures = Usage(), Counter()
+    schema = _schema(["usage"])
+    for path in sorted(Path(records_dir).rglob("*.parquet")) if Path(records_dir).exists() else []:
+        try:
+            rows = pq.read_table(path, schema=schema, columns=schema.names).to_pylist()
+        except (OSError, ValueError, pa.ArrowException):
+            continue  # `read_records` sets such a file aside
+        for row in rows:
+            failures[row["id"]] += row["status"] != "ok"
+            for entry in row["usage"] or []:
+                add_role_usage(spent, entry)
+    return spent, failures
 
 
 def _schema(columns: list[str] | None) -> pa.Schema:

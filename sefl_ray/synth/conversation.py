@@ -159,12 +159,14 @@ def failed_record(plan: ConversationPlan, teacher_model: str, student_model: str
 
 
 def _role_usage(role: str, client: EndpointClient, calls: list) -> dict[str, Any]:
+    """What this attempt paid a role's endpoint: a call answered from the cache costs nothing, tokens included."""
+    paid = [call for call in calls if not call.cached]
     costs = [call.cost_usd for call in calls]
     return {
         "role": role, "endpoint": client.endpoint.name, "model": client.endpoint.model,
-        "calls": sum(1 for call in calls if not call.cached),
+        "calls": len(paid),
         "retries": sum(call.retries for call in calls),
-        "prompt_tokens": sum(call.prompt_tokens for call in calls),
-        "completion_tokens": sum(call.completion_tokens for call in calls),
+        "prompt_tokens": sum(call.prompt_tokens for call in paid),
+        "completion_tokens": sum(call.completion_tokens for call in paid),
         "cost_usd": None if any(cost is None for cost in costs) else float(sum(costs)),
     }

@@ -23,7 +23,8 @@ import ray
 
 from sefl_ray.cluster import init_ray
 from sefl_ray.config import SeflConfig, config_fingerprint, decided_by, log_resolved_config, save_resolved_config
-from sefl_ray.data.records import RECORD_SCHEMA, add_role_usage, iter_record_tables, read_records, record_id
+from sefl_ray.data.records import (RECORD_SCHEMA, add_role_usage, iter_record_tables, past_attempts, read_records,
+                                   record_id)
 from sefl_ray.durable import SET_ASIDE_MARK, write_json, write_jsonl
 from sefl_ray.errors import ConfigError
 from sefl_ray.layout import RunLayout
@@ -55,7 +56,11 @@ def run_synth(config: SeflConfig) -> Path:
     done = read_records(records_dir, columns=[])
     ok_ids = {row_id for row_id, status in zip(done["id"].to_pylist(), done["status"].to_pylist()) if status == "ok"}
     failed_ids = set(done["id"].to_pylist()) - ok_ids
-    todo = [p for p in plans if p["id"] not in ok_ids and (synth.retry_failed or p["id"] not in failed_ids)]
+    spent, failures = past_attempts(records_dir)
+    # A retried row gets a fresh seed: the same seed would ask the very requests the cache answered, and get the
+    # same reply that failed.
+    todo = [{**p, "seed": retry_seed(p["seed"], failures[p["id"]])} for p in plans
+            if p["id"] not in ok_ids and (synth.retry_failed or p["id"] not in failed_ids)]
     logger.info("synth: %d planned, %d already ok, %d to run", len(plans), len(ok_ids & {p["id"] for p in plans}),
                 len(todo))
 
@@ -64,7 +69,8 @@ def run_synth(config: SeflConfig) -> Path:
     skipped = 0
     if todo:
         capped = synth.budget_usd is not None or synth.budget_tokens is not None
-        budget = BudgetActor.remote(synth.budget_usd, synth.budget_tokens) if capped else None
+        # the budget holds per run dir: what earlier runs here spent counts against it
+        budget = BudgetActor.remote(synth.budget_usd, synth.budget_tokens, spent) if capped else None
         needed = {plan["source_id"] for plan in todo}
         texts = ray.put({s["source_id"]: s["source_text"] for s in sources if s["source_id"] in needed})
         try:
@@ -187,6 +193,11 @@ async def conversation_row(row: dict[str, Any], clients: dict[str, Any], state: 
     return RowOutcome(record, record["status"], usage)
 
 
+def retry_seed(seed: int, failed_attempts: int) -> int:
+    """The plan's seed on a first attempt; another, fixed by the attempt, on each retry."""
+    return seed if not failed_attempts else random.Random(f"{seed}:retry:{failed_attempts}").randrange(2**31)
+
+
 def failed_conversation_row(row: dict[str, Any], reason: str, state: ConversationState) -> dict[str, Any]:
     from sefl_ray.synth.conversation import ConversationPlan, failed_record
 
@@ -205,9 +216,9 @@ def _pinned_endpoints(row_id: str, config: SeflConfig) -> tuple[str, str]:
 class _Budget:
     """Counts what the run has spent, across every actor, and says whether another conversation may start."""
 
-    def __init__(self, max_usd: float | None, max_tokens: int | None):
+    def __init__(self, max_usd: float | None, max_tokens: int | None, spent: Usage):
         self.max_usd, self.max_tokens = max_usd, max_tokens
-        self.usd, self.tokens, self._skipped = 0.0, 0, 0
+        self.usd, self.tokens, self._skipped = spent.cost_usd or 0.0, spent.tokens, 0
 
     def try_start(self) -> bool:
         over = (self.max_usd is not None and self.usd >= self.max_usd) or (
@@ -215,9 +226,9 @@ class _Budget:
         self._skipped += over
         return not over
 
-    def charge(self, tokens: int, usd: float) -> None:
+    def charge(self, tokens: int, usd: float | None) -> None:
         self.tokens += tokens
-        self.usd += usd
+        self.usd += usd or 0.0
 
     def skipped(self) -> int:
         return self._skipped
