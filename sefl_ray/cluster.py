@@ -30,7 +30,9 @@ def init_ray(ray_config: RayConfig, address: str | None = None) -> str:
     runtime_env = ray_config.runtime_env or None
     common = dict(namespace=ray_config.namespace, runtime_env=runtime_env, logging_level=logging.WARNING)
     if address:
-        logger.info("joining Ray cluster at %s", address)
+        from sefl_ray.config import redact_text
+
+        logger.info("joining Ray cluster at %s", redact_text(address))
         ray.init(address=address, **common)
         return address
     logger.info("starting a local Ray (%s CPUs)", ray_config.num_cpus or os.cpu_count())

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sefl_ray.cluster import init_ray
-from sefl_ray.config import SeflConfig, log_resolved_config, save_resolved_config
+from sefl_ray.config import SeflConfig, log_resolved_config, redacted_dump, save_resolved_config
 from sefl_ray.durable import set_aside, unreadable_reason
 from sefl_ray.errors import ConfigError
 from sefl_ray.layout import RunLayout
@@ -110,7 +110,7 @@ def run_pipeline(config: SeflConfig, *, start: str | None = None, only: str | No
         logger.info("pipeline: every stage is current; nothing to do (--from STAGE re-runs from a stage)")
         return run_dir
 
-    manifest.update({"run_dir": str(run_dir.resolve()), "config": config.model_dump(mode="json"),
+    manifest.update({"run_dir": str(run_dir.resolve()), "config": redacted_dump(config),
                      "fingerprints": fingerprints})
     manifest.setdefault("created_at", now_iso())
     manifest.setdefault("stages", {})

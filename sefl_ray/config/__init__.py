@@ -8,7 +8,8 @@ and the stage fingerprints are derived from those marks. This package imports no
 
 from sefl_ray.config.annotate import AnnotateConfig, QuestionConfig
 from sefl_ray.config.loading import (
-    config_as_yaml, config_fingerprint, load_config, log_resolved_config, save_resolved_config,
+    config_as_yaml, config_fingerprint, load_config, log_resolved_config, redact_secrets, redact_text, redacted_dump,
+    save_resolved_config,
 )
 from sefl_ray.config.root import SeflConfig
 from sefl_ray.config.schema import StrictModel, decided_by
@@ -23,6 +24,6 @@ __all__ = [
     "AnnotateConfig", "AutoscalingSettings", "DeepSpeedSettings", "EndpointConfig", "ExportConfig", "FsdpSettings",
     "InferConfig", "JudgeConfig", "LocalServeConfig", "LoraSettings", "ModelsConfig", "QuestionConfig", "RayConfig",
     "RetryConfig", "SeflConfig", "ServeAppConfig", "SourcesConfig", "StrictModel", "SynthConfig", "TrainConfig",
-    "config_as_yaml", "config_fingerprint", "decided_by", "load_config", "log_resolved_config",
-    "save_resolved_config",
+    "config_as_yaml", "config_fingerprint", "decided_by", "load_config", "log_resolved_config", "redact_secrets",
+    "redact_text", "redacted_dump", "save_resolved_config",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +108,35 @@ def config_fingerprint(section: BaseModel | dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+SECRET_MASK = "***"
+# scheme://user:password@host: the userinfo part of any URL in a value
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#@\s]+@")
+
+
+def redact_text(text: str) -> str:
+    """Credentials inside URLs masked: `https://user:key@host/v1` -> `https://***@host/v1`."""
+    return _URL_USERINFO.sub(lambda match: f"{match['scheme']}{SECRET_MASK}@", text)
+
+
+def redact_secrets(value: Any) -> Any:
+    """A dumped config (or any part of one) fit to be written down: the values of every `env_vars` mapping (Ray's
+    runtime_env carries keys there) and the credentials inside URLs are masked; the names stay, so a reader
+    still sees that a value was set."""
+    if isinstance(value, dict):
+        return {key: ({name: SECRET_MASK for name in item} if key == "env_vars" and isinstance(item, dict)
+                      else redact_secrets(item)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(item) for item in value]
+    return redact_text(value) if isinstance(value, str) else value
+
+
+def redacted_dump(config: BaseModel) -> dict[str, Any]:
+    """What every file and log line that shows a config holds (config.yaml, manifest.json, the logs, the cards)."""
+    return redact_secrets(config.model_dump(mode="json"))
+
+
 def config_as_yaml(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(redacted_dump(config), sort_keys=False)
 
 
 def save_resolved_config(config: SeflConfig, out_dir: str | Path, name: str = "config.yaml") -> Path:

@@ -26,7 +26,7 @@ import datasets
 import pyarrow as pa
 import yaml
 
-from sefl_ray.config import ExportConfig, config_fingerprint
+from sefl_ray.config import ExportConfig, config_fingerprint, redact_secrets
 from sefl_ray.data.records import add_role_usage, read_records
 from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, render_completion, render_prompt, to_chat_messages
 from sefl_ray.durable import replacing_folder, write_json, write_text
@@ -219,7 +219,7 @@ def _summarize(
         "student_models": sorted({row["student_model"] for row in rows if row["student_model"]}),
         "presets": sorted({row["preset"] for row in rows if row["preset"]}),
         "seed": seed,
-        "export_config": export_config.model_dump(mode="json"),
+        "export_config": redact_secrets(export_config.model_dump(mode="json")),
         "export_fingerprint": config_fingerprint({"export": export_config.model_dump(mode="json"), "seed": seed}),
         "usage": _usage_totals(records["usage"].to_pylist()),
         "columns": list(dataset_dict["train"].column_names),

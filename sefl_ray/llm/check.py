@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sefl_ray.config import SeflConfig
+from sefl_ray.config import SeflConfig, redact_text
 from sefl_ray.errors import SeflError
 from sefl_ray.llm.client import EndpointCallFailed, EndpointClient
 from sefl_ray.llm.endpoint import check_api_keys
@@ -24,7 +24,7 @@ def run_endpoint_check(config: SeflConfig) -> str:
     failed = []
     for endpoint, outcome in zip(config.endpoints, results):
         if isinstance(outcome, EndpointCallFailed):
-            failed.append(f"{endpoint.name} ({endpoint.base_url}): {outcome.record.error}")
+            failed.append(f"{endpoint.name} ({redact_text(endpoint.base_url)}): {outcome.record.error}")
             lines.append(f"{endpoint.name:<20} {endpoint.model:<32} {'failed':<8} -")
         else:
             lines.append(f"{endpoint.name:<20} {endpoint.model:<32} {'ok':<8} {outcome:.3f}")

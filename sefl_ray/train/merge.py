@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import yaml
 
-from sefl_ray.config import TrainConfig
+from sefl_ray.config import TrainConfig, redact_secrets
 from sefl_ray.data.tables import read_jsonl
 from sefl_ray.durable import replacing_folder, write_json, write_text
 from sefl_ray.errors import InputNotFoundError, SeflError
@@ -194,7 +194,7 @@ def render_model_card(meta: dict[str, Any], metrics: list[dict[str, Any]], merge
         f"| eval loss (first → last) | {_fmt(evals[0]['eval_loss'] if evals else None)} → "
         f"{_fmt(evals[-1]['eval_loss'] if evals else None)} |",
         f"| merge check (max abs logit diff) | {merge['probe_max_abs_diff']} |",
-        "", "## Training config", "", "```yaml", yaml.safe_dump(train, sort_keys=False).rstrip(), "```", "",
+        "", "## Training config", "", "```yaml", yaml.safe_dump(redact_secrets(train), sort_keys=False).rstrip(), "```", "",
         "## Use", "", "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
         'model = AutoModelForCausalLM.from_pretrained("<this folder or repo>")',
