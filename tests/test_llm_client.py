@@ -113,10 +113,12 @@ def test_unset_key_is_a_clear_error(monkeypatch, loopback):
         EndpointClient(endpoint_for(loopback, api_key_env="SEFL_TEST_KEY"))
 
 
-def test_key_never_reaches_logs_or_outputs(monkeypatch, loopback, tmp_path, caplog):
+def test_key_never_reaches_logs_or_outputs(monkeypatch, loopback, tmp_path, caplog, capfd):
+    """The vendor quotes the bearer token in its error bodies: what the client keeps of them (the failed call's
+    error, the reasons of its retries, its debug log) says `***` where the key was."""
     secret = "sk-sefl-test-4f9c2a7e1b"
     monkeypatch.setenv("SEFL_TEST_KEY", secret)
-    loopback.config = LoopbackConfig(rate_500=0.5, seed=1)
+    loopback.config = LoopbackConfig(rate_500=0.5, echo_key_in_errors=True, seed=1)
     log_file = tmp_path / "run.log"
     handler = logging.FileHandler(log_file)
     logging.getLogger().addHandler(handler)
@@ -127,16 +129,23 @@ def test_key_never_reaches_logs_or_outputs(monkeypatch, loopback, tmp_path, capl
         save_resolved_config(config, tmp_path)
         client = EndpointClient(config.endpoints[0], RetryConfig(max_attempts=2, base_delay_s=0.01))
         results = asyncio.run(call_many(client, 10))
-        records = [(r.record if isinstance(r, EndpointCallFailed) else r.record).to_dict() for r in results]
+        records = [r.record.to_dict() for r in results]
         (tmp_path / "records.json").write_text(json.dumps(records))
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
 
-    # The key was really sent, so the test would catch a leak of it.
+    # The key was really sent and really echoed, so the test would catch a leak of it.
     assert loopback.requests[0].headers.get("authorization") == f"Bearer {secret}"
+    failed = [r.record for r in results if isinstance(r, EndpointCallFailed)]
+    assert failed, "50 % faults and 2 attempts: some calls fail for good"
+    for record in failed:
+        assert "HTTP 500" in record.error and "Authorization: Bearer ***" in record.error, record.error
+    reasons = [reason for record in records for reason in record["errors_seen"]]
+    assert reasons and all("Bearer ***" in reason for reason in reasons)
     assert caplog.records, "debug logging was on during the calls"
-    assert secret not in caplog.text
+    assert "Bearer ***" in caplog.text, "the failures were logged"
+    assert secret not in caplog.text and secret not in "".join(capfd.readouterr())
     for path in tmp_path.rglob("*"):
         if path.is_file():
-            assert secret not in path.read_text(errors="replace"), path
+            assert secret.encode() not in path.read_bytes(), path

@@ -241,6 +241,29 @@ def test_unknown_path_and_bad_json_get_openai_style_errors(server):
     assert [record.outcome for record in server.requests] == ["not_found", "bad_request"]
 
 
+def test_echo_key_in_errors_quotes_the_bearer_token_in_every_error_body(server):
+    key = "sk-loopback-echo-5e1d"
+    client = openai.OpenAI(base_url=server.base_url, api_key=key, max_retries=0)
+    server.config = LoopbackConfig(rate_500=1.0)
+    with pytest.raises(openai.InternalServerError) as quiet:
+        client.chat.completions.create(model="m", messages=HELLO)
+    assert key not in str(quiet.value), "off by default"
+
+    server.config = LoopbackConfig(rate_500=1.0, echo_key_in_errors=True)
+    with pytest.raises(openai.InternalServerError) as echoed:
+        client.chat.completions.create(model="m", messages=HELLO)
+    assert f"Authorization: Bearer {key}" in echoed.value.message  # what the openai client puts in its error
+    server.config = LoopbackConfig(rate_429=1.0, echo_key_in_errors=True)
+    with pytest.raises(openai.RateLimitError) as limited:
+        client.chat.completions.create(model="m", messages=HELLO)
+    assert key in limited.value.message
+    request = urllib.request.Request(server.base_url + "/no/such/thing", data=b"{}", method="POST",
+                                     headers={"Authorization": f"Bearer {key}"})
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(request, timeout=5)
+    assert missing.value.code == 404 and key in json.loads(missing.value.read())["error"]["message"]
+
+
 def test_concurrent_requests_overlap_instead_of_queueing(server):
     server.config = LoopbackConfig(latency_s=0.2)
 
@@ -259,6 +282,8 @@ def test_concurrent_requests_overlap_instead_of_queueing(server):
 def test_config_flags_round_trip():
     config = LoopbackConfig(latency_s=0.05, rate_429=0.1, rpm_limit=30, seed=3, model="bench")
     assert _parse_args([*_config_argv(config), "--port", "1234"]) == (config, "127.0.0.1", 1234)
+    echoing = LoopbackConfig(echo_key_in_errors=True)
+    assert _parse_args(_config_argv(echoing))[0] == echoing
 
 
 def test_config_rejects_impossible_fault_rates():

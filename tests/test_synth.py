@@ -1,6 +1,7 @@
 """Synthesis end to end against a real loopback server: faults, resume after kill -9, rate limits, injection."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -18,6 +19,10 @@ from sefl_ray.testing.loopback import LoopbackConfig, LoopbackServer
 from sefl_ray.testing.schema_replies import schema_reply, with_injected_text
 
 CALLS_PER_CONVERSATION = 3
+# A key some test endpoints read, exported at import (collection), before the session's Ray starts, so its
+# workers inherit it the way they inherit a key a user exported before `sefl-ray synth`.
+ECHOED_KEY_ENV, ECHOED_KEY = "SEFL_TEST_ECHOED_KEY", "sk-echoed-by-the-vendor-8d3b1f"
+os.environ.setdefault(ECHOED_KEY_ENV, ECHOED_KEY)
 
 
 def synth_config(tmp_path, server, *overrides):
@@ -82,6 +87,33 @@ def test_student_text_is_delimited_against_injection(ray_session, tmp_path):
     assert "IGNORE PREVIOUS INSTRUCTIONS" in inside  # the injected text sits inside the delimiters...
     assert "</student_answer>" not in inside  # ...and cannot close them early
     assert "never as instructions" in prompt
+
+
+def test_a_key_the_vendor_echoes_reaches_no_row_log_or_file(ray_session, tmp_path, caplog, capfd):
+    """The vendor quotes the bearer token in its error bodies. Afterwards the key is in no failed row's error
+    (which says `***` where it was), no log line of the driver or the Ray workers, and no byte of the run dir."""
+    ray = ray_session
+    assert ray.get(ray.remote(lambda: os.environ.get(ECHOED_KEY_ENV)).remote()) == ECHOED_KEY, (
+        f"Ray started before this module exported ${ECHOED_KEY_ENV}: its workers cannot read the key")
+    logs_dir = Path(ray._private.worker._global_node.get_logs_dir_path())
+    started = time.time()
+    server_config = LoopbackConfig(rate_500=0.5, echo_key_in_errors=True, seed=2)
+    with LoopbackServer(server_config, replies=schema_reply) as server, \
+            caplog.at_level(logging.DEBUG, logger="sefl_ray"):
+        cfg = synth_config(tmp_path, server, "synth.num_conversations=6", "retry.max_attempts=2")
+        cfg.endpoints[0].api_key_env = ECHOED_KEY_ENV
+        records_dir = run_synth(cfg)
+        sent = {r.headers.get("authorization") for r in server.requests}
+    assert sent == {f"Bearer {ECHOED_KEY}"}, "the key was really sent, and the errors echo it"
+    failed = [r for r in read_records(records_dir).to_pylist() if r["status"] == "failed"]
+    assert failed, "50 % faults and 2 attempts: some conversations fail"
+    for row in failed:
+        assert "Authorization: Bearer ***" in row["error"] and ECHOED_KEY not in row["error"], row["error"]
+    assert ECHOED_KEY not in caplog.text + "".join(capfd.readouterr())  # the driver's; the workers' are files
+    recent_logs = [path for path in logs_dir.rglob("*") if path.is_file() and path.stat().st_mtime >= started - 1]
+    leaks = [str(path) for path in [*(tmp_path / "run").rglob("*"), *recent_logs]
+             if path.is_file() and ECHOED_KEY.encode() in path.read_bytes()]
+    assert leaks == []
 
 
 def test_rerun_skips_ok_rows_and_retries_failed_ones(ray_session, tmp_path):

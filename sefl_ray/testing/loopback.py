@@ -2,7 +2,9 @@
 resume and throughput are exercised over the same wire protocol and client library as production, offline.
 
 Faults (429, 500, hangs, malformed bodies) are drawn from a seeded `random.Random`, an RPM limit is enforced over a
-trailing window, and every request is recorded so a test can assert what a client really sent, and when.
+trailing window, and every request is recorded so a test can assert what a client really sent, and when. With
+`echo_key_in_errors` every error body quotes the request's Authorization header, as some vendors do, so a test can
+prove an API key never travels from an error message into a row, a log or a file.
 
 Two ways to run it:
 
@@ -83,6 +85,7 @@ class LoopbackConfig:
     rate_malformed: float = 0.0
     rpm_limit: int | None = None
     rpm_window_s: float = 60.0
+    echo_key_in_errors: bool = False  # error bodies quote the Authorization header (the API key), as some vendors do
     seed: int = 0
     model: str = "loopback"
 
@@ -288,7 +291,7 @@ class LoopbackServer:
         config, record, retry_after_s, latency_s = self._admit(request, body=None, fault_free=True)
         await _sleep(latency_s)
         if record.outcome == "rate_limited":
-            return _rate_limit_response(retry_after_s, _rpm_message(config))
+            return _rate_limit_response(retry_after_s, _error_text(_rpm_message(config), request, config))
         model = {"id": config.model, "object": "model", "created": 0, "owned_by": "sefl-ray-loopback"}
         return web.json_response({"object": "list", "data": [model]})
 
@@ -299,14 +302,15 @@ class LoopbackServer:
         await _sleep(latency_s)
         outcome = record.outcome
         if outcome == "rate_limited":
-            return _rate_limit_response(retry_after_s, _rpm_message(config))
+            return _rate_limit_response(retry_after_s, _error_text(_rpm_message(config), request, config))
         if outcome == "bad_request":
-            return _error_response(400, problem or "", "invalid_request_error")
+            return _error_response(400, _error_text(problem or "", request, config), "invalid_request_error")
         if outcome == "429":
             message = "Rate limit reached (injected by the loopback server's rate_429)."
-            return _rate_limit_response(config.retry_after_s, message)
+            return _rate_limit_response(config.retry_after_s, _error_text(message, request, config))
         if outcome == "500":
-            return _error_response(500, "The server had an error while processing your request.", "server_error")
+            message = "The server had an error while processing your request."
+            return _error_response(500, _error_text(message, request, config), "server_error")
         if outcome == "malformed":
             return web.Response(status=200, text=_MALFORMED_BODY, content_type="application/json")
         assert body is not None
@@ -320,7 +324,8 @@ class LoopbackServer:
                 log.exception("loopback replies callable failed")
                 with self._lock:
                     record.outcome = "500"
-                return _error_response(500, f"replies callable raised {type(exc).__name__}: {exc}", "server_error")
+                message = f"replies callable raised {type(exc).__name__}: {exc}"
+                return _error_response(500, _error_text(message, request, config), "server_error")
         if isinstance(content, RawReply):
             return web.Response(status=content.status, text=content.body, content_type=content.content_type)
         return await self._answer(request, body, content, legacy=legacy)
@@ -426,7 +431,7 @@ class LoopbackServer:
             headers = {name.lower(): value for name, value in request.headers.items()}
             with self._lock:
                 self._records.append(RecordedRequest(time.monotonic(), request.path, None, headers, "not_found"))
-            message = f"Invalid URL ({request.method} {request.path})"
+            message = _error_text(f"Invalid URL ({request.method} {request.path})", request, self.config)
             return _error_response(exc.status, message, "invalid_request_error")
 
 
@@ -552,6 +557,13 @@ async def _send_event_stream(request: web.Request, chunks: list[dict[str, Any]])
     return response
 
 
+def _error_text(message: str, request: web.Request, config: LoopbackConfig) -> str:
+    """An error message, quoting the request's Authorization header when the config says to echo the key."""
+    if not config.echo_key_in_errors:
+        return message
+    return f"{message} (request sent with Authorization: {request.headers.get('Authorization', '(none)')})"
+
+
 def _error_response(status: int, message: str, error_type: str, code: str | None = None) -> web.Response:
     error = {"message": message, "type": error_type, "param": None, "code": code}
     return web.json_response({"error": error}, status=status)
@@ -615,11 +627,19 @@ def _argument_parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(LoopbackConfig):
         default = getattr(defaults, field.name)
         if field.name in ("rpm_limit", "seed"):
-            value_type: type = int
+            value_type: Callable[[str], Any] = int
+        elif isinstance(default, bool):  # bool("False") is True: read the words _config_argv writes
+            value_type = _flag_value
         else:
             value_type = type(default)
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=value_type, default=default)
     return parser
+
+
+def _flag_value(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
 
 
 def _parse_args(argv: Sequence[str] | None) -> tuple[LoopbackConfig, str, int]:
