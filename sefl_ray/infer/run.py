@@ -67,7 +67,7 @@ def run_infer(config: SeflConfig) -> Path:
                             failed_row=failed_output_row, schema=OUTPUT_SCHEMA, concurrency=settings.concurrency, batch_size=settings.batch_size)
         run_endpoint_batches(config, items, job, parts)
     # a test set is small: every later stage reads one file, in the input's order
-    table = read_parts(parts, OUTPUT_SCHEMA)
+    table = read_parts(parts, OUTPUT_SCHEMA, key="item_id")
     order = {item["item_id"]: index for index, item in enumerate(items)}
     ids = table["item_id"].to_pylist()
     table = table.take(sorted(range(len(ids)), key=lambda i: order.get(ids[i], len(order))))

@@ -160,7 +160,7 @@ def call_judges(config: SeflConfig, tasks: list[dict[str, Any]]) -> list[dict[st
                         num_actors=settings.num_actors, cache_dir=layout.judge_call_cache)
     parts = run_endpoint_batches(config, tasks, job, new_parts_dir(layout.judge_dir, ".calls"))
     try:
-        return read_parts(parts, JUDGMENT_SCHEMA).to_pylist()
+        return read_parts(parts, JUDGMENT_SCHEMA, key="task_id").to_pylist()
     finally:
         shutil.rmtree(parts, ignore_errors=True)
 

@@ -134,14 +134,22 @@ def write_part(table: pa.Table, out_dir: Path) -> Path:
     return write_parquet(out_dir / f"part-{uuid.uuid4().hex}.parquet", table)
 
 
-def read_parts(parts_dir: Path, schema: pa.Schema) -> pa.Table:
-    """The table the actors wrote (empty, with `schema`, when no row was written)."""
+def read_parts(parts_dir: Path, schema: pa.Schema, key: str) -> pa.Table:
+    """The table the actors wrote (empty, with `schema`, when no row was written), one row per `key`. An actor
+    killed after writing its batch but before reporting it has that batch retried, so a row can be there twice:
+    an ok copy wins over a failed one."""
     import pyarrow.parquet as pq
 
     files = sorted(parts_dir.glob("*.parquet")) if parts_dir.is_dir() else []
     if not files:
         return schema.empty_table()
-    return pa.concat_tables([pq.read_table(path).cast(schema) for path in files])
+    table = pa.concat_tables([pq.read_table(path).cast(schema) for path in files])
+    best: dict[Any, int] = {}
+    statuses = table["status"].to_pylist()
+    for index, row_key in enumerate(table[key].to_pylist()):
+        if row_key not in best or (statuses[index] == "ok" and statuses[best[row_key]] != "ok"):
+            best[row_key] = index
+    return table if len(best) == table.num_rows else table.take(sorted(best.values()))
 
 
 class EndpointWorker:
