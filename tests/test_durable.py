@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sefl_ray.data.records import RECORD_SCHEMA
 from sefl_ray.durable import replacing_folder, write_parquet, write_text
 from sefl_ray.run_lock import RunDirBusyError, run_lock
 
@@ -113,3 +114,28 @@ def test_one_writer_per_run_dir_and_a_killed_holder_frees_it(tmp_path):
     with run_lock(tmp_path, "synth"):
         assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
     assert time.monotonic() - started < 1
+
+
+def test_an_export_that_runs_out_of_disk_keeps_the_previous_export(tmp_path):
+    from sefl_ray.export.dataset import ExportConfig, export_dataset
+    from tests.test_export import make_record
+
+    records_dir = tmp_path / "records"
+    write_parquet(records_dir / "part-0.parquet", pa.Table.from_pylist(
+        [make_record(i) for i in range(40)], schema=RECORD_SCHEMA))
+    out_dir = tmp_path / "export"
+    export_dataset(records_dir, out_dir, ExportConfig(), seed=0)
+    before = {p.relative_to(out_dir): p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
+    # the same export again, with more rows, on a "disk" that fills up half-way through the arrow files
+    write_parquet(records_dir / "part-1.parquet", pa.Table.from_pylist(
+        [make_record(i) for i in range(40, 400)], schema=RECORD_SCHEMA))
+    result = run_on_a_full_disk(f"""
+        from sefl_ray.export.dataset import ExportConfig, export_dataset
+        try:
+            export_dataset({str(records_dir)!r}, {str(out_dir)!r}, ExportConfig(), seed=0)
+        except OSError as exc:
+            print("failed", exc)
+    """, limit=200 * 1024)
+    assert result.stdout.startswith("failed"), result.stdout + result.stderr[-2000:]
+    after = {p.relative_to(out_dir): p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
+    assert after == before and leftovers(tmp_path) == []
