@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from sefl_ray.errors import SeflError
 from sefl_ray.stages import STAGES, get_stage
@@ -18,8 +19,16 @@ from sefl_ray.stages import STAGES, get_stage
 EXIT_USER_ERROR = 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (a bad option, a missing argument) printed like every other user error: one
+    line on stderr, exit 2; `--help` still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sefl-ray",
         description="Synthetic educational feedback loops on Ray: synthesize, fine-tune, serve and judge.",
     )

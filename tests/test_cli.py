@@ -30,16 +30,6 @@ def test_help_lists_the_stages():
     assert run_cli("pipeline", "--help").returncode == 0
 
 
-def test_missing_config_file(tmp_path):
-    assert_one_line_error(run_cli("pipeline", str(tmp_path / "missing.yaml")), "config file not found")
-
-
-def test_malformed_yaml(tmp_path):
-    path = tmp_path / "bad.yaml"
-    path.write_text("ray: {num_cpus: 2\n")
-    assert_one_line_error(run_cli("pipeline", str(path)), "malformed YAML")
-
-
 def test_unknown_key_is_named(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("ray:\n  num_cpu: 2\n")

@@ -53,10 +53,17 @@ def _read_sheet(path: Path) -> tuple[Path, list[dict[str, str]]]:
     """(path, rows) with normalized column names, empty columns and fully empty rows dropped."""
     if not path.is_file():
         raise InputNotFoundError(f"annotate import: {path} does not exist")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the sheet as CSV UTF-8"
+                          ) from None
     header = text.splitlines()[0] if text.strip() else ""
     delimiter = max(",;\t", key=header.count)
-    lines = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    try:
+        lines = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    except csv.Error as exc:
+        raise ConfigError(f"{path}: not a readable CSV file ({exc})") from None
     if not lines:
         raise ConfigError(f"{path}: empty file")
     names = [_normalize(name) for name in lines[0]]
@@ -92,7 +99,9 @@ def _read_key(path: Path, sheet: tuple[Path, list[dict[str, str]]]) -> dict[str,
 
 
 def _ratings_of(rater: str, path: Path, rows: list[dict[str, str]], key: dict[str, tuple[str, str]]):
-    if rows and "preferred" not in rows[0]:
+    if not rows:
+        raise ConfigError(f"{path}: holds no rows under its header; export the annotator's ratings again")
+    if "preferred" not in rows[0]:
         raise ConfigError(f"{path}: no 'Preferred' column (columns: Appendix_assignment, Assignment, Sense, "
                           "Model A, Model B, Preferred, Comments)")
     ids = {row.get("appendix_assignment", "") for row in rows}

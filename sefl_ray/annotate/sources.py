@@ -28,7 +28,7 @@ def load_feedback(config: SeflConfig) -> dict[str, dict[str, dict[str, Any]]]:
                                  "infer` for each system, or list files in annotate.inputs)")
     systems: dict[str, dict[str, dict[str, Any]]] = {}
     for path in paths:
-        rows = read_rows(path, key="annotate.inputs")
+        rows = read_rows(path, key="annotate.inputs", allow_empty=False)
         missing = {"item_id", "feedback"} - set(rows[0] if rows else {})
         if missing:
             raise ConfigError(f"annotate.inputs: {path} lacks column(s) {', '.join(sorted(missing))}")
@@ -59,7 +59,8 @@ def load_context(config: SeflConfig) -> dict[str, dict[str, str]]:
             raise InputNotFoundError(f"annotate.context: {path} does not exist")
         logger.info("annotate: no test set at %s; items show the assignment and answer read from the prompt", path)
         return {}
-    rows = read_rows(path, key="annotate.context", split=config.infer.split if path.is_dir() else None)
+    rows = read_rows(path, key="annotate.context", split=config.infer.split if path.is_dir() else None,
+                     allow_empty=False)
     return {str(row.get("id", index)): _context_of(row) for index, row in enumerate(rows)}
 
 

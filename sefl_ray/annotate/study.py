@@ -122,7 +122,7 @@ def _item_row(item_id, source, system_a, system_b, systems, context, gold) -> di
 def _read_gold(path: str, systems: list[str], questions: set[str]) -> dict[str, dict[str, str]]:
     """{study item id: {question: system or 'tie'}}; a source id alone is enough when there are two systems."""
     gold: dict[str, dict[str, str]] = {}
-    for number, row in enumerate(read_rows(Path(path), key="annotate.gold"), 1):
+    for number, row in enumerate(read_rows(Path(path), key="annotate.gold", allow_empty=False), 1):
         where = f"{path} row {number}"
         item, question, answer = (str(row.get(key) or "").strip() for key in ("item_id", "question", "answer"))
         if not item or not question or not answer:

@@ -9,12 +9,13 @@ run's own files, and every text a model wrote is escaped (see `render.py`).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from sefl_ray.errors import InputNotFoundError
-from sefl_ray.durable import write_text
+from sefl_ray.durable import unreadable_reason, write_text
+from sefl_ray.errors import ConfigError, InputNotFoundError
 from sefl_ray.layout import RunLayout
 from sefl_ray.manifest import read_manifest
 from sefl_ray.report.examples import example_sections
@@ -35,17 +36,41 @@ def run_report(run_dir: str | Path) -> Path:
     if not any(any(run_dir.glob(pattern)) for pattern in STAGE_OUTPUTS):
         raise InputNotFoundError(f"nothing to report in {run_dir}: none of {', '.join(STAGE_OUTPUTS)} exists; run "
                                  "`sefl-ray pipeline CONFIG` (or a stage) with this run_dir first")
+    _check_readable(run_dir)
+    layout = RunLayout(run_dir)
+    try:  # before the parts are built: a report that cannot be written fails at once
+        layout.report_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the report in {layout.report_dir}: {exc.strerror}") from None
     # The run, then each stage's parts in pipeline order (the registry's `report=`), then examples side by side.
     parts = [Part("run", "Run", run_sections(run_dir)),
              *(Part(part.id, part.title, resolve(part.builder)(run_dir)) for stage in STAGES for part in stage.report),
              Part("examples", "Examples", example_sections(run_dir))]
     run_files = [name for name in RUN_FILES if (run_dir / name).exists()]
-    layout = RunLayout(run_dir)
-    layout.report_dir.mkdir(parents=True, exist_ok=True)
     write_text(layout.report_html, render_html(parts, run_dir, run_files))
     write_text(layout.report_md, render_markdown(parts, run_dir, run_files))
     logger.info("report: %s", layout.report_html)
     return layout.report_html
+
+
+def _check_readable(run_dir: Path) -> None:
+    """The manifest, summaries and tables the report reads, each read back before any part uses it: one that does
+    not read (cut short, not JSON, no parquet footer) stops the report with its name instead of a traceback, and
+    stays where it is (a report only reads; the pipeline sets such a file aside and runs its stage again)."""
+    layout = RunLayout(run_dir)
+    infer_outputs = layout.all_infer_outputs()
+    paths = [layout.manifest, layout.synth_summary, layout.export_summary, layout.train_summary,
+             *infer_outputs, *(layout.infer_summary(path.parent.name) for path in infer_outputs),
+             layout.judge_summary, layout.judgments, layout.agreement]
+    for path in paths:
+        reason = unreadable_reason(path) if path.is_file() else None
+        if reason is None and path == layout.manifest and path.is_file():
+            manifest = json.loads(path.read_text())
+            if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict):
+                reason = "its 'stages' is not a mapping of stage records"
+        if reason is not None:
+            raise ConfigError(f"cannot report {run_dir}: {path} is unreadable ({reason}); run its stage again, or "
+                              "move the file away to report without it")
 
 
 def run_report_stage(config) -> Path:

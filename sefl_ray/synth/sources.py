@@ -63,4 +63,4 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
 
         name, _, split = path[3:].partition(":")
         return list(datasets.load_dataset(name, split=split or "train"))
-    return read_rows(Path(path), key="synth.sources.path")
+    return read_rows(Path(path), key="synth.sources.path", allow_empty=False)

@@ -251,14 +251,14 @@ def _read_splits(
         import datasets
 
         splits = list(datasets.load_from_disk(str(path)))
-        train_rows = read_rows(path, key="train.dataset", split=train_split)
+        train_rows = read_rows(path, key="train.dataset", split=train_split, allow_empty=False)
         candidates = [valid_split] if valid_split else []
         candidates += [name for name in VALID_SPLIT_NAMES if name not in candidates]
         for name in candidates:
             if name in splits and name != train_split:
                 return train_rows, read_rows(path, key="train.dataset", split=name)
         return train_rows, None
-    return read_rows(path, key="train.dataset"), None
+    return read_rows(path, key="train.dataset", allow_empty=False), None
 
 
 def _hold_out(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
