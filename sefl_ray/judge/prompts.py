@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, create_model
 
+from sefl_ray.data.delimiters import neutralize_tags
+
 SEFL_CRITERIA = {
     "accuracy": "Which feedback identifies the student's mistakes more correctly, without inventing mistakes?",
     "actionability": "Which feedback tells the student more clearly what to do to improve the answer?",
@@ -43,6 +45,7 @@ RUBRIC = {
 }
 OPEN = {"task": "<assignment_and_answer>", "A": "<feedback_A>", "B": "<feedback_B>", "one": "<feedback>"}
 CLOSE = {key: tag.replace("<", "</", 1) for key, tag in OPEN.items()}
+TAG_NAMES = tuple(tag.strip("<>") for tag in OPEN.values())
 
 # Pairwise answers are read up to this many characters: enough for any rationale, bounded for hostile input.
 MAX_ANSWER_CHARS = 20_000
@@ -170,10 +173,9 @@ def parse_scores(text: str) -> tuple[dict[str, int], str]:
 
 
 def _escape(text: str) -> str:
-    """Our tags inside evaluated text lose their brackets, so no text can close its block and speak as us."""
-    for tag in (*OPEN.values(), *CLOSE.values()):
-        text = text.replace(tag, tag.strip("<>"))
-    return text
+    """Our tags inside evaluated text, in any spelling a model would read as one (`</FEEDBACK_A >`, full-width
+    brackets, `<</feedback_A>>`...), become `[/feedback_A]`, so no text can close its block and speak as us."""
+    return neutralize_tags(text, TAG_NAMES)
 
 
 def _structured_verdict(stripped: str, text: str) -> tuple[str, str] | None:

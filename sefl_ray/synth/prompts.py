@@ -18,6 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, create_model
 
+from sefl_ray.data.delimiters import neutralize_tags
+
 # Part of every row id's fingerprint: bump it when a prompt or schema changes, so resumed runs do not mix versions.
 PROMPT_VERSION = 2
 
@@ -30,7 +32,8 @@ MISTAKE_DESCRIPTIONS = {
     "terminology": "use a technical term with the wrong meaning",
 }
 
-STUDENT_OPEN, STUDENT_CLOSE = "<student_answer>", "</student_answer>"
+STUDENT_TAG = "student_answer"
+STUDENT_OPEN, STUDENT_CLOSE = f"<{STUDENT_TAG}>", f"</{STUDENT_TAG}>"
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ def extract_json(text: str) -> str:
 
 
 def _escape_student_text(text: str) -> str:
-    """A student answer must not be able to close its own delimiter and speak as the prompt."""
-    return text.replace(STUDENT_CLOSE, "</student_answer_>").replace(STUDENT_OPEN, "<student_answer_>")
+    """A student answer must not be able to close its own delimiter and speak as the prompt, in any spelling a
+    model would read as the tag (`</STUDENT_ANSWER >`, full-width brackets, a zero-width joiner inside...)."""
+    return neutralize_tags(text, (STUDENT_TAG,))
 
