@@ -228,7 +228,7 @@ def _task(kind: str, judge: str, model: str, item: str, prompt, **coordinates: s
 
 
 def _read_output_rows(path: Path) -> list[dict[str, Any]]:
-    rows = read_rows(path, key="judge.inputs")
+    rows = read_rows(path, key="judge.inputs", allow_empty=False)
     missing = {"item_id", "feedback"} - set(rows[0] if rows else {})
     if rows and missing:
         raise ConfigError(f"judge.inputs: {path} lacks column(s) {', '.join(sorted(missing))}")

@@ -47,11 +47,11 @@ def run_synth(config: SeflConfig) -> Path:
     log_resolved_config(config, "synth")
     layout = RunLayout(config.run_dir)
     out_dir, records_dir = layout.synth_dir, layout.synth_records
-    save_resolved_config(config, out_dir)
     fingerprint = synth_fingerprint(config)
 
     sources = load_sources(synth.sources)
     plans = plan_conversations(config, fingerprint, sources)
+    save_resolved_config(config, out_dir)  # once the inputs are known good: a bad one leaves the last run's copy
     write_jsonl(layout.synth_plan, plans)  # export reads which rows this config asked for from here
     done = read_records(records_dir, columns=[])
     ok_ids = {row_id for row_id, status in zip(done["id"].to_pylist(), done["status"].to_pylist()) if status == "ok"}

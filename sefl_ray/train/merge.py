@@ -52,7 +52,11 @@ def merge_run(run: str | Path, *, checkpoint: str | None = None, out_dir: str | 
         summary_path = RunLayout(run).train_summary
         if not summary_path.exists():
             raise InputNotFoundError(f"{run} is neither a run dir with train/summary.json nor a checkpoint folder")
-        last = Path(json.loads(summary_path.read_text())["checkpoint"])
+        try:
+            last = Path(json.loads(summary_path.read_text())["checkpoint"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputNotFoundError(f"{summary_path} is unreadable ({type(exc).__name__}: {exc}): train again, or "
+                                     "name a checkpoint folder") from None
         checkpoint_dir, default_out = _named_checkpoint(last, checkpoint), RunLayout(run).train_dir
     out_dir = Path(out_dir) if out_dir else default_out
     merge_checkpoint(checkpoint_dir, out_dir)

@@ -49,7 +49,6 @@ def run_train(config: SeflConfig) -> Path:
     layout = RunLayout(config.run_dir)
     out_dir = layout.train_dir
     log_resolved_config(config, "train")
-    save_resolved_config(config, out_dir)
     dataset = train.dataset or str(layout.export_hf)
     if not Path(dataset).exists():
         raise InputNotFoundError(f"train.dataset: {dataset} does not exist; run the export stage or set train.dataset")
@@ -67,6 +66,7 @@ def run_train(config: SeflConfig) -> Path:
         return out_dir
 
     plan = plan_training(train, data, pad_token_id=tokenizer.pad_token_id)
+    save_resolved_config(config, out_dir)  # once the inputs are known good: a bad one leaves the last run's copy
     init_ray(config.ray)
     checkpoint = fit(train, plan, data, model_path=model_path, dataset=dataset, fingerprint=fingerprint,
                      out_dir=out_dir, seed=config.seed)
