@@ -24,20 +24,9 @@ SET_ASIDE_MARK = ".unreadable-"
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = _temp_beside(path)
-    try:
-        with open(temp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _sync_folder(path.parent)
-    return path
+    with _replacing(path) as temp:
+        temp.write_bytes(data)
+    return Path(path)
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -58,18 +47,26 @@ def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> Path:
 def write_parquet(path: str | Path, table: Any) -> Path:
     import pyarrow.parquet as pq
 
+    with _replacing(path) as temp:
+        pq.write_table(table, temp)
+    return Path(path)
+
+
+@contextmanager
+def _replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside `path` to write; once the block ends it is fsynced and renamed over `path`. If the
+    block (or the disk) fails, the temporary file goes and `path` is as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = _temp_beside(path)
     try:
-        pq.write_table(table, temp)
+        yield temp
         _fsync_file(temp)
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     _sync_folder(path.parent)
-    return path
 
 
 @contextmanager
