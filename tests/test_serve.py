@@ -553,7 +553,7 @@ def test_tokenizing_a_huge_prompt_does_not_stall_the_replica(serve_apps):
     assert outcome["seconds"] > 1.0, "the prompt tokenized too fast to tell"
     # On the event loop, one health check would wait out the whole tokenization; off it, they come and go.
     assert len(health_seconds) >= 5, (health_seconds, outcome["seconds"])
-    assert sorted(health_seconds)[len(health_seconds) // 2] < 0.1, health_seconds
+    assert sorted(health_seconds)[len(health_seconds) // 2] < 0.25, health_seconds
     assert max(health_seconds) < outcome["seconds"] / 3, (health_seconds, outcome["seconds"])
 
 
