@@ -7,6 +7,8 @@ judge config (only judge and report may run), then `--only` and `--from`.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from sefl_ray.manifest import read_manifest
 from sefl_ray.pipeline import plan_stages, run_pipeline
 from sefl_ray.stages import STAGES, stage_fingerprints, stage_names
 from sefl_ray.testing.loopback import LoopbackServer
+from sefl_ray.testing.ports import free_port
 from sefl_ray.testing.schema_replies import grounded_schema_reply
 
 
@@ -97,6 +100,49 @@ def test_pipeline_runs_every_stage_once_and_reruns_only_what_changed(ray_session
         run_pipeline(fewer, only="export")
         exported = json.loads((run_dir / "export" / "export_summary.json").read_text())["records"]
         assert exported["total"] == 6 and exported["exported"] == 6
+
+
+@pytest.mark.slow
+def test_the_demo_path_serves_its_own_model_to_synth_and_judge(ray_session, tmp_path, tiny_model_dir, caplog):
+    """`make demo` runs `sefl-ray pipeline jobs/local.yaml`, whose stages call the run's own Serve app
+    (serve.enabled: true). The same file, scaled down: the tiny model behind that app (on a free port) is teacher,
+    student and judge, and the base model to fine-tune. Serve must come up before synth and judge, answer their
+    calls, and be gone afterwards. Synth uses the `sefl` preset, whose schemas leave string lengths open: under a
+    length-bounded string xgrammar 0.2.9 lets raw control characters through, which a random model emits and no
+    JSON parser reads (a random model only: the embedded SmolLM2 does not write them)."""
+    from ray import serve
+
+    from sefl_ray.serve.local import APP_NAME
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "tiny")  # a 4k context: synth's prompts need ~1k tokens
+    model_config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**model_config, "max_position_embeddings": 4096}))
+    port = free_port()
+    served = f"http://127.0.0.1:{port}/v1"
+    config = local_config(
+        tmp_path / "run", "models.prepare=[]", f"serve.port={port}", f"serve.app.model={model_dir}",
+        "serve.app.served_model_name=tiny", "serve.app.torch_threads=1",
+        f"endpoints=[{{name: local, model: tiny, base_url: '{served}', timeout_s: 120}}]",
+        "synth.preset=sefl", "synth.num_conversations=4", "synth.concurrency=4", "synth.batch_size=4",
+        "synth.max_new_tokens=256",
+        "retry.max_attempts=1", "export.valid_fraction=0.5",
+        f"train.model={model_dir}", "train.max_steps=1", "train.cpus_per_worker=1", "train.max_seq_len=2048",
+        "infer.max_new_tokens=4", "judge.max_new_tokens=256", "judge.n_bootstrap=20",
+    )
+    assert config.serve.enabled, "jobs/local.yaml serves its own model: the path under test"
+    serve.shutdown()  # a Serve left by another module would keep its own port
+    try:
+        with caplog.at_level(logging.INFO, logger="sefl_ray"):
+            run_pipeline(config)
+        assert APP_NAME not in serve.status().applications, "the app is deleted once its stage ends"
+    finally:
+        serve.shutdown()
+    manifest = read_manifest(tmp_path / "run")
+    assert all(record["status"] == "done" for record in manifest["stages"].values()), manifest["stages"]
+    assert caplog.text.count(f"local Serve app up at {served}") == 2, "Serve started for synth and for judge"
+    synth, judge = manifest["stages"]["synth"], manifest["stages"]["judge"]
+    assert synth["rows"] == 4 and synth["ok"] > 0 and synth["completion_tokens"] > 0, synth
+    assert judge["rows"] > 0 and judge["completion_tokens"] > 0, judge  # the served model answered both stages
 
 
 def all_done(fingerprints: dict[str, str], artifacts: list[str]) -> dict:
