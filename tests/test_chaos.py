@@ -23,7 +23,7 @@ from tests.test_judge import always_a, judge_config
 from tests.test_synth import CALLS_PER_CONVERSATION, synth_config
 
 KILLS = 3
-ITEMS = 40  # judge items: 160 calls
+ITEMS = 60  # judge items: 240 calls
 
 
 def workers_calling(port: int) -> list[psutil.Process]:
@@ -68,10 +68,11 @@ def under_chaos(stage: Callable[[], object], port: int, seed: int) -> list[int]:
 
 
 def test_synth_survives_random_worker_kills(ray_session, tmp_path):
-    conversations = 60
+    conversations = 100
     with LoopbackServer(LoopbackConfig(latency_s=0.15), replies=schema_reply) as server:
         config = synth_config(tmp_path, server, f"synth.num_conversations={conversations}",
                               "synth.samples_per_source=5", "synth.concurrency=8", "synth.batch_size=2",
+                              "synth.num_actors=4",  # a killed actor loses only its own rows in flight
                               "retry.max_attempts=2")
         killed = under_chaos(lambda: run_synth(config), server.port, seed=int.from_bytes(os.urandom(2), "big"))
         assert killed, "no worker was killed: the stage ended before the chaos began"
@@ -91,6 +92,7 @@ def test_judge_survives_random_worker_kills(ray_session, tmp_path):
         + "\n" for i in range(ITEMS) for system, text in (("short", "Wrong."), ("long", "Recount the units."))))
     with LoopbackServer(LoopbackConfig(latency_s=0.15), replies=always_a) as server:
         config = judge_config(tmp_path, inputs, {"j1": server}, "judge.concurrency=8", "judge.batch_size=2",
+                              "judge.num_actors=4",
                               "retry.max_attempts=2")
         killed = under_chaos(lambda: run_judge(config), server.port, seed=int.from_bytes(os.urandom(2), "big"))
         assert killed, "no worker was killed: the stage ended before the chaos began"

@@ -32,6 +32,7 @@ class CallCache:
     def __init__(self, cache_dir: str | Path):
         self.cache_dir = Path(cache_dir)
         self._entries: dict[str, dict[str, Any]] | None = None
+        self._read_up_to: dict[Path, int] = {}  # per shard, the bytes already read
         self._lock = threading.Lock()
         self._shard = None
         self._broken = False
@@ -39,7 +40,10 @@ class CallCache:
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
             if self._entries is None:
-                self._entries = self._load()
+                self._entries = {}
+                self._read_new_lines()
+            elif key not in self._entries:  # another actor (one since killed, say) may have paid for it meanwhile
+                self._read_new_lines()
             return self._entries.get(key)
 
     def put(self, key: str, value: dict[str, Any]) -> None:
@@ -63,21 +67,28 @@ class CallCache:
                 logger.warning("call cache %s cannot be written (%s): answers from here on are not kept, and a "
                                "re-run pays for them again", self.cache_dir, exc)
 
-    def _load(self) -> dict[str, dict[str, Any]]:
-        """Every readable line of every shard. A damaged line (cut short by a kill, not UTF-8, not an entry) is
-        skipped with a warning, and that call is simply asked again. The shard itself stays where it is: every
-        actor of a run reads it at once, so none of them may move it."""
-        entries: dict[str, dict[str, Any]] = {}
+    def _read_new_lines(self) -> None:
+        """Every complete line the shards gained since the last read. A damaged line (cut short by a kill, not
+        UTF-8, not an entry) is skipped with a warning, and that call is simply asked again. The shards stay where
+        they are: every actor of a run reads them at once, so none of them may move one."""
         for shard in sorted(self.cache_dir.glob("*.jsonl")) if self.cache_dir.exists() else []:
+            start = self._read_up_to.get(shard, 0)
+            try:
+                with open(shard, "rb") as lines:
+                    lines.seek(start)
+                    new = lines.read()
+            except OSError:
+                continue
+            # a last line without its newline is still being written, or was cut by a kill: read it when it ends
+            complete = new[: new.rfind(b"\n") + 1]
+            self._read_up_to[shard] = start + len(complete)
             damaged = 0
-            with open(shard, "rb") as lines:
-                for line in lines:
-                    try:
-                        entry = json.loads(line.decode("utf-8"))
-                        entries[entry["key"]] = entry["value"]
-                    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
-                        damaged += 1
+            for line in complete.splitlines():
+                try:
+                    entry = json.loads(line.decode("utf-8"))
+                    self._entries[entry["key"]] = entry["value"]
+                except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+                    damaged += 1
             if damaged:
                 logger.warning("call cache %s: %d damaged line(s) skipped; those calls are made again",
                                shard.name, damaged)
-        return entries
