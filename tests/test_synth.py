@@ -1,6 +1,5 @@
 """Synthesis end to end against a real loopback server: faults, resume after kill -9, rate limits, injection."""
 
-import html
 import itertools
 import json
 import logging
@@ -10,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import unicodedata
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,7 @@ from sefl_ray.config import load_config
 from sefl_ray.data.records import read_records
 from sefl_ray.synth.prompts import STUDENT_CLOSE, STUDENT_OPEN
 from sefl_ray.synth.run import run_synth
+from sefl_ray.testing import tag_variants
 from sefl_ray.testing.loopback import LoopbackConfig, LoopbackServer
 from sefl_ray.testing.schema_replies import minimal_instance, schema_reply
 
@@ -82,29 +81,10 @@ def test_invalid_json_gets_one_repair_turn_then_fails_with_raw_text(ray_session,
 
 
 def closing_tag_variants(name: str) -> dict[str, str]:
-    """Spellings of `</name>` (and one of `<name>`) that a model may read as the tag itself."""
-    wide = "".join(chr(ord(c) + 0xFEE0) for c in name)  # full-width forms, which NFKC maps back to ASCII
-    return {
-        "exact": f"</{name}>", "upper": f"</{name.upper()}>", "title": f"</{name.title()}>",
-        "spaces-inside": f"</ {name} >", "newline-before-bracket": f"</{name}\n>", "space-after-bracket": f"< /{name}>",
-        "full-width-brackets": f"\uff1c/{name}\uff1e", "full-width-letters": f"</{wide}>",
-        "small-form-brackets": f"\ufe64/{name}\ufe65", "angle-quotes": f"\u2039/{name}\u203a",
-        "zero-width-joiner": f"</{name[:3]}\u200d{name[3:]}>", "zero-width-space": f"<\u200b/{name}>",
-        "soft-hyphen": f"</{name[:4]}\u00ad{name[4:]}>", "html-entities": f"&lt;/{name}&gt;",
-        "doubled-brackets": f"<</{name}>>", "backslash": f"<\\{name}>", "unterminated": f"</{name}\n",
-        "space-for-underscore": f"</{name.replace('_', ' ')}>", "opening-upper": f"<{name.upper()}>",
-    }
+    return {**tag_variants.closing_tag_variants(name), "title": f"</{name.title()}>"}
 
 
-def lenient_reading(text: str) -> str:
-    """The text as a reader that forgives case, spacing and look-alikes sees it: entities decoded, NFKC, lower case,
-    angle quotes as brackets, no whitespace, zero-width or control characters, combining marks, `_` or `-`."""
-    text = unicodedata.normalize("NFKC", html.unescape(text)).lower().translate(_READER_BRACKETS)
-    return "".join(c for c in text if not c.isspace() and c not in "_-" and unicodedata.category(c) not in
-                   ("Cf", "Cc", "Mn"))
-
-
-_READER_BRACKETS = str.maketrans({"\u2039": "<", "\u203a": ">", "\u3008": "<", "\u3009": ">", "\\": "/"})
+lenient_reading = tag_variants.lenient_reading
 STUDENT_VARIANTS = closing_tag_variants("student_answer")
 
 
