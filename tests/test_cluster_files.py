@@ -327,6 +327,7 @@ def test_rayservice_apps_validate_and_fit_the_gpu_group():
         assert callable(getattr(importlib.import_module(module), attribute)), app["import_path"]
         configs[app["name"]] = config = load_app_config(app["args"])
         assert config.num_gpus >= 1 and config.autoscaling is not None, f"{app['name']}: GPU and autoscaling"
+        assert config.engine == "vllm", f"{app['name']}: GPU replicas serve with vLLM"
     cluster = ray_cluster_spec(manifest)
     assert cluster.get("enableInTreeAutoscaling") is True, "without the autoscaler new replicas get no pods"
     [gpu_group] = [group for _, group in pod_groups(cluster) if gpus_per_pod(group)]
@@ -392,6 +393,6 @@ def test_feedback_autoscaling_serves_both_apps_on_gpus():
     apps = {app["name"]: load_app_config(app["args"]) for app in config["applications"]}
     assert set(apps) == {"feedback", "judge"}
     for name, app in apps.items():
-        assert app.num_gpus >= 1 and app.device == "cuda" and app.dtype == "bfloat16", name
+        assert app.num_gpus >= 1 and app.engine == "vllm" and app.dtype == "bfloat16", name
         assert app.autoscaling and app.autoscaling.max_replicas > app.autoscaling.min_replicas >= 1, name
         assert app.max_ongoing_requests >= app.autoscaling.target_ongoing_requests, name

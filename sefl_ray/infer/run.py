@@ -1,8 +1,9 @@
-"""`sefl-ray infer`: generate feedback for a test set on Ray Data, with local model actors or a remote endpoint.
+"""`sefl-ray infer`: generate feedback for a test set on Ray Data, with local model actors, vLLM, or an endpoint.
 
 Local mode runs one batched `generate` per Ray Data batch in model actors (the same engine the Serve app uses);
-endpoint mode runs many async calls per actor through the endpoint layer's limiter and retries. Either way every
-input row gives one output row: a failed one keeps its reason.
+vllm mode runs Ray Data LLM's vLLM processor (`sefl_ray.infer.vllm_mode`); endpoint mode runs many async calls per
+actor through the endpoint layer's limiter and retries. Either way every input row gives one output row: a failed
+one keeps its reason.
 """
 
 from __future__ import annotations
@@ -48,12 +49,20 @@ def run_infer(config: SeflConfig) -> Path:
         from sefl_ray.llm.endpoint import check_api_keys
 
         check_api_keys([config.endpoint(settings.endpoint)])
+    if settings.mode == "vllm":
+        from sefl_ray.serve.vllm_app import require_vllm
+
+        require_vllm()  # one line naming the extra, before Ray starts
     log_resolved_config(config, "infer")
     save_resolved_config(config, out_dir)
     init_ray(config.ray)
     started = time.monotonic()
     parts = new_parts_dir(out_dir, ".parts")  # the actors write here; one outputs.parquet is made from it below
-    if settings.mode == "local":
+    if settings.mode == "vllm":
+        from sefl_ray.infer.vllm_mode import run_vllm_batches
+
+        run_vllm_batches(config, items, parts)
+    elif settings.mode == "local":
         with track_progress(f"infer {settings.name}", len(items), config.progress_interval_s) as progress:
             dataset = ray.data.from_items(items,
                                           override_num_blocks=max(1, math.ceil(len(items) / settings.batch_size)))
@@ -61,6 +70,7 @@ def run_infer(config: SeflConfig) -> Path:
                 LocalModelWorker, fn_constructor_kwargs={"config_json": config.model_dump_json(), "progress": progress},
                 batch_size=settings.batch_size, batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(size=settings.num_actors), num_cpus=1,
+                num_gpus=settings.num_gpus_per_actor,
             ).write_parquet(str(parts))
     else:
         job = EndpointBatch(label=f"infer {settings.name}", endpoints=[settings.endpoint], row_fn=endpoint_row,
@@ -84,11 +94,12 @@ def run_infer(config: SeflConfig) -> Path:
 
 def run_base_and_tuned(config: SeflConfig) -> list[Path]:
     """The pipeline's infer stage: feedback of the base model and of the fine-tuned one on the held-out split, the
-    two systems judged next. Both run as local model actors (`infer.mode: local`), so no server is needed for
-    models that exist only as folders of this run."""
+    two systems judged next. Both run on Ray itself, as model actors (`infer.mode: local`) or vLLM engines
+    (`infer.mode: vllm`), so no server is needed for models that exist only as folders of this run."""
     outputs = []
+    mode = "vllm" if config.infer.mode == "vllm" else "local"
     for name, model in (("base", config.train.model), ("tuned", str(RunLayout(config.run_dir).train_merged))):
-        infer = config.infer.model_copy(update={"name": name, "model": model, "mode": "local"})
+        infer = config.infer.model_copy(update={"name": name, "model": model, "mode": mode})
         outputs.append(run_infer(config.model_copy(update={"infer": infer})))
     return outputs
 
@@ -131,12 +142,12 @@ def _prompt_messages(row: dict[str, Any], path: Path) -> list[dict[str, str]]:
     raise ConfigError(f"infer.input: {path} rows need `messages`, `prompt`, or `assignment` + `submission`")
 
 
-def failed_output_row(item: dict[str, Any], reason: str, config: SeflConfig) -> dict[str, Any]:
-    return _output_row(item, config.endpoint(config.infer.endpoint).model, status="failed", error=reason,
+def failedoutput_row(item: dict[str, Any], reason: str, config: SeflConfig) -> dict[str, Any]:
+    return output_row(item, config.endpoint(config.infer.endpoint).model, status="failed", error=reason,
                        cost_usd=None)
 
 
-def _output_row(item: dict[str, Any], model: str, **fields: Any) -> dict[str, Any]:
+def output_row(item: dict[str, Any], model: str, **fields: Any) -> dict[str, Any]:
     messages = json.loads(item["messages"])
     system = next((m["content"] for m in messages if m["role"] == "system"), None)
     prompt = "\n\n".join(m["content"] for m in messages if m["role"] == "user")
@@ -171,12 +182,12 @@ class LocalModelWorker:
                 self.engine.check(request)
                 runnable.append(index)
             except ValueError as exc:  # a prompt too long for the model is that row's failure, not the run's
-                rows[index] = _output_row(items[index], self.settings.model, status="failed", error=str(exc))
+                rows[index] = output_row(items[index], self.settings.model, status="failed", error=str(exc))
         started = time.monotonic()
         results = self.engine.generate([requests[i] for i in runnable]) if runnable else []
         latency = time.monotonic() - started
         for index, result in zip(runnable, results):
-            rows[index] = _output_row(items[index], self.settings.model, feedback=result.text,
+            rows[index] = output_row(items[index], self.settings.model, feedback=result.text,
                                       prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                                       latency_s=latency)
         for row in rows:  # the model's own compute: no price
@@ -197,10 +208,10 @@ async def endpoint_row(item: dict[str, Any], clients: dict[str, Any], config: Se
                                    temperature=settings.temperature, seed=config.seed)
     except EndpointCallFailed as failure:
         record = failure.record
-        return RowOutcome(_output_row(item, client.endpoint.model, status="failed", error=record.error,
+        return RowOutcome(output_row(item, client.endpoint.model, status="failed", error=record.error,
                                       latency_s=record.latency_s, cost_usd=record.cost_usd),
                           "failed", usage_of([record]))
     record = result.record
-    row = _output_row(item, client.endpoint.model, feedback=result.text, prompt_tokens=record.prompt_tokens,
+    row = output_row(item, client.endpoint.model, feedback=result.text, prompt_tokens=record.prompt_tokens,
                       completion_tokens=record.completion_tokens, latency_s=record.latency_s, cost_usd=record.cost_usd)
     return RowOutcome(row, "ok", usage_of([record]))
