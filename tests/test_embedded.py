@@ -59,7 +59,7 @@ def test_json_schema_output_is_valid_every_time(embedded_url):
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(8) as pool:
-        completions = list(pool.map(ask, range(20)))
+        completions = list(pool.map(ask, range(12)))
     for completion in completions:
         data = json.loads(completion.choices[0].message.content)
         jsonschema.validate(data, schema)
@@ -87,17 +87,17 @@ def test_autogen_structured_output(embedded_url):
     assert isinstance(quiz, Quiz) and quiz.question
 
 
-def test_eight_real_conversations(embedded_url, tmp_path):
+def test_four_real_conversations(embedded_url, tmp_path):
     config = load_config(None, [
         f"run_dir={tmp_path / 'run'}",
         f"endpoints=[{{name: local, model: '{MODEL}', base_url: '{embedded_url}', timeout_s: 600}}]",
-        "synth.num_conversations=8", "synth.max_new_tokens=256", "synth.concurrency=8", "synth.num_actors=1",
+        "synth.num_conversations=4", "synth.max_new_tokens=256", "synth.concurrency=4", "synth.num_actors=1",
         "synth.max_mistakes=2",
     ])
     records = read_records(run_synth(config)).to_pylist()
-    assert len(records) == 8
+    assert len(records) == 4
     ok = [r for r in records if r["status"] == "ok"]
-    assert len(ok) >= 7, [r["error"] for r in records if r["status"] != "ok"]
+    assert len(ok) >= 3, [r["error"] for r in records if r["status"] != "ok"]
     for row in ok:
         assert row["assignment"].strip() and row["submission"].strip()
         assert len(row["errors"]) == len(row["mistake_kinds"])  # the student declared each mistake it made

@@ -55,9 +55,11 @@ def test_missing_input_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_vllm_mode_writes_the_local_modes_columns_one_row_per_input(ray_session, embedded_model_dir, tmp_path):
-    """jobs/local.yaml with infer.mode=vllm (Ray Data LLM) and with the default local mode, on the same 12 rows of
-    which one is over the model's context: the same columns and ids, and that row failed with its reason in both."""
+def test_vllm_mode_writes_the_local_modes_columns_one_row_per_input(ray_session, embedded_model_dir, tiny_model_dir,
+                                                                   tmp_path):
+    """jobs/local.yaml with infer.mode=vllm (Ray Data LLM, the embedded SmolLM2) and in local mode (the tiny model,
+    to keep it short), on the same 12 rows of which one is over the context: the same columns and ids in the same
+    order, and that row failed with its reason in both."""
     pytest.importorskip("vllm", reason="vLLM is not installed (`make vllm`)")
     test_set = tmp_path / "test.jsonl"
     rows_in = [{"id": f"item-{i}", "assignment": f"Compute {i} + {i}.", "submission": f"It is {i * 3}."}
@@ -69,14 +71,14 @@ def test_vllm_mode_writes_the_local_modes_columns_one_row_per_input(ray_session,
     vllm_rows = pq.read_table(run_infer(load_config(jobs, [
         f"run_dir={tmp_path / 'vllm'}", "infer.mode=vllm", *common]))).to_pylist()
     local = pq.read_table(run_infer(load_config(jobs, [
-        f"run_dir={tmp_path / 'local'}", "infer.mode=local", *common])))
+        f"run_dir={tmp_path / 'local'}", "infer.mode=local", f"infer.model={tiny_model_dir}", *common])))
     assert pq.read_schema(tmp_path / "vllm" / "infer" / "base" / "outputs.parquet") == local.schema
     local_rows = local.to_pylist()
     assert [r["item_id"] for r in vllm_rows] == [r["item_id"] for r in local_rows] == [r["id"] for r in rows_in]
-    for rows in (vllm_rows, local_rows):
+    for rows, context in ((vllm_rows, "8192"), (local_rows, "context")):
         by_id = {r["item_id"]: r for r in rows}
         too_long = by_id.pop("too-long")
-        assert too_long["status"] == "failed" and "8192" in too_long["error"]
+        assert too_long["status"] == "failed" and context in too_long["error"], too_long["error"]
         assert all(r["status"] == "ok" and r["feedback"] and 0 < r["completion_tokens"] <= 12
                    and r["prompt_tokens"] > 20 for r in by_id.values())
     summary = json.loads((tmp_path / "vllm" / "infer" / "base" / "summary.json").read_text())

@@ -217,9 +217,10 @@ def test_train_config_is_strict():
 
 # --- real training on Ray Train -----------------------------------------------------------------------------------
 
+# Every strategy and ZeRO stage, and LoRA on the two sharded ones whose merge is hardest (FSDP2's DTensors, ZeRO-3's
+# partitioned parameters): LoRA on DDP and ZeRO-2 goes through the same code and is left out to keep the suite short.
 STRATEGIES = [
-    ("ddp", "full"), ("ddp", "lora"), ("fsdp2", "full"), ("fsdp2", "lora"),
-    ("deepspeed-2", "full"), ("deepspeed-2", "lora"), ("deepspeed-3", "full"), ("deepspeed-3", "lora"),
+    ("ddp", "full"), ("fsdp2", "full"), ("fsdp2", "lora"), ("deepspeed-2", "full"), ("deepspeed-3", "lora"),
 ]
 
 
@@ -409,7 +410,7 @@ def test_two_node_cluster_places_a_worker_on_each_node(tmp_path, tiny_model_dir,
 
 
 @pytest.mark.slow
-def test_embedded_model_fine_tuned_on_64_synthesized_examples_lowers_held_out_loss(
+def test_embedded_model_fine_tuned_on_32_synthesized_examples_lowers_held_out_loss(
     ray_session, tmp_path, embedded_model_dir
 ):
     """synth (loopback teacher/student quoting their prompts) -> export -> a short full fine-tune of SmolLM2-135M."""
@@ -422,7 +423,7 @@ def test_embedded_model_fine_tuned_on_64_synthesized_examples_lowers_held_out_lo
     with LoopbackServer(replies=grounded_schema_reply) as server:
         config = load_config(None, [
             f"run_dir={tmp_path}", f"endpoints=[{{name: loop, model: loop-model, base_url: '{server.base_url}'}}]",
-            "synth.teacher_endpoint=loop", "synth.student_endpoint=loop", "synth.num_conversations=64",
+            "synth.teacher_endpoint=loop", "synth.student_endpoint=loop", "synth.num_conversations=32",
             "synth.samples_per_source=2", "export.valid_fraction=0.25",
             "train.model=embedded:smollm2-135m", "train.num_workers=1", "train.cpus_per_worker=2",
             "train.max_seq_len=512", "train.batch_size=1", "train.lr=1e-4", "train.epochs=1", "train.warmup_ratio=0",
@@ -430,8 +431,8 @@ def test_embedded_model_fine_tuned_on_64_synthesized_examples_lowers_held_out_lo
         ])
         run_synth(config)
     run_export(config)
-    assert datasets.load_from_disk(str(tmp_path / "export" / "hf")).num_rows == {"train": 48, "valid": 16}
+    assert datasets.load_from_disk(str(tmp_path / "export" / "hf")).num_rows == {"train": 24, "valid": 8}
     run_train(config)
     summary = json.loads((tmp_path / "train" / "summary.json").read_text())
-    assert summary["data"]["valid_examples"] == 16 and summary["steps"] >= 5
+    assert summary["data"]["valid_examples"] == 8 and summary["steps"] >= 5
     assert summary["final_eval_loss"] < 0.8 * summary["first_eval_loss"], summary

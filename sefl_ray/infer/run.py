@@ -142,7 +142,7 @@ def _prompt_messages(row: dict[str, Any], path: Path) -> list[dict[str, str]]:
     raise ConfigError(f"infer.input: {path} rows need `messages`, `prompt`, or `assignment` + `submission`")
 
 
-def failedoutput_row(item: dict[str, Any], reason: str, config: SeflConfig) -> dict[str, Any]:
+def failed_output_row(item: dict[str, Any], reason: str, config: SeflConfig) -> dict[str, Any]:
     return output_row(item, config.endpoint(config.infer.endpoint).model, status="failed", error=reason,
                        cost_usd=None)
 
