@@ -396,3 +396,12 @@ def test_feedback_autoscaling_serves_both_apps_on_gpus():
         assert app.num_gpus >= 1 and app.engine == "vllm" and app.dtype == "bfloat16", name
         assert app.autoscaling and app.autoscaling.max_replicas > app.autoscaling.min_replicas >= 1, name
         assert app.max_ongoing_requests >= app.autoscaling.target_ongoing_requests, name
+
+
+def test_the_gpu_preset_runs_infer_on_gpus_with_vllm():
+    """The pipeline on train_gpu.yaml's node runs its infer stage as vLLM engines on GPUs, within the node's GPUs."""
+    config = load_config(REPO / "jobs" / "train_gpu.yaml")
+    infer, train = config.infer, config.train
+    assert infer.mode == "vllm" and infer.num_gpus_per_actor >= 1
+    gpus = infer.num_actors * infer.num_gpus_per_actor * infer.tensor_parallel_size
+    assert gpus <= train.num_workers, f"{gpus} GPUs for infer on a node of {train.num_workers}"

@@ -762,3 +762,35 @@ def test_64_clients_for_15_seconds_get_no_5xx(serve_apps):
     print(f"\n64 clients x 15 s: {len(statuses)} requests, p50 {quantiles[49] * 1000:.0f} ms, "
           f"p99 {quantiles[98] * 1000:.0f} ms")
     assert _chat(openai.OpenAI(base_url=BASE_URL, api_key="x", max_retries=0), "still up?").choices
+
+
+def test_vllm_app_config_maps_the_same_fields_onto_serve_llm(tiny_model_dir):
+    """What `engine: vllm` hands Ray Serve LLM, checked without vLLM: the fields mean what they mean for the
+    transformers engine, a CPU replica asks for no GPU, GPUs go one bundle per tensor-parallel worker."""
+    from sefl_ray.serve.vllm_app import CPU_ENGINE_DEFAULTS, llm_config
+
+    cpu = llm_config(ServeAppConfig(
+        model=str(tiny_model_dir), served_model_name="embedded:tiny", engine="vllm", max_batch_size=16,
+        max_model_len=1024, engine_kwargs={"enforce_eager": False}, num_cpus=2,
+        autoscaling={"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 4}))
+    assert cpu["model_loading_config"] == {"model_id": "embedded--tiny", "model_source": str(tiny_model_dir)}
+    assert cpu["engine_kwargs"] == {"dtype": "float32", "max_num_seqs": 16, "max_model_len": 1024,
+                                    **CPU_ENGINE_DEFAULTS, "enforce_eager": False}  # the config's own win
+    assert cpu["placement_group_config"] == {"bundles": [{"CPU": 2}]}
+    assert cpu["deployment_config"]["autoscaling_config"]["max_replicas"] == 3
+    assert "lora_config" not in cpu
+
+    gpu = llm_config(ServeAppConfig(model=str(tiny_model_dir), engine="vllm", num_gpus=1, num_cpus=4, batching=False,
+                                    engine_kwargs={"tensor_parallel_size": 2}))
+    assert gpu["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 4}] * 2
+    assert gpu["engine_kwargs"]["max_num_seqs"] == 1 and "gpu_memory_utilization" not in gpu["engine_kwargs"]
+    assert gpu["deployment_config"]["num_replicas"] == 1
+
+    remote = llm_config(ServeAppConfig(model=str(tiny_model_dir), engine="vllm", served_model_name="base",
+                                       adapters={"a": "s3://bucket/loras/a", "b": "s3://bucket/loras/b"}))
+    assert remote["lora_config"]["dynamic_lora_loading_path"] == "s3://bucket/loras"
+    for adapters in ({"a": "/local/loras/a"}, {"a": "s3://bucket/loras/not-a"},
+                     {"a": "s3://one/a", "b": "s3://two/b"}):
+        with pytest.raises(ServeConfigError, match="one cloud folder"):
+            llm_config(ServeAppConfig(model=str(tiny_model_dir), engine="vllm", served_model_name="base",
+                                      adapters=adapters))

@@ -1,8 +1,8 @@
 """`engine: vllm`: the same Serve app config, served by Ray Serve LLM (`ray.serve.llm.build_openai_app`) on vLLM.
 
 Clients see what the transformers app gives them: the model under `served_model_name`, `/v1/chat/completions`
-(streaming too), `/v1/completions`, `/v1/models`, `/health`, and the same bearer key, read the same way (an unset
-`api_key_env` stops the build). The fields mean the same: replicas and autoscaling, `max_ongoing_requests`,
+(streaming too), `/v1/completions`, `/v1/models`, and the same bearer key, read the same way (an unset
+`api_key_env` stops the build). Serve LLM has no `/health`: `serve status` (or `/v1/models`) says it is up. The fields mean the same: replicas and autoscaling, `max_ongoing_requests`,
 `max_batch_size` (vLLM's `max_num_seqs`), `dtype`, `max_model_len`; `engine_kwargs` go to vLLM untouched.
 
 Resources: a replica with `num_gpus: 0` runs vLLM's CPU build in one placement-group bundle of `num_cpus` CPUs
@@ -45,8 +45,8 @@ def llm_config(config: ServeAppConfig) -> dict[str, Any]:
     """Ray Serve LLM's `LLMConfig` (as a dict) for this app config."""
     from sefl_ray.models import resolve_model
 
-    engine_kwargs: dict[str, Any] = {"dtype": config.dtype, "max_num_seqs": config.max_batch_size
-                                     if config.batching else 1}
+    max_num_seqs = config.max_batch_size if config.batching else 1
+    engine_kwargs: dict[str, Any] = {"dtype": config.dtype, "max_num_seqs": max_num_seqs}
     if config.max_model_len is not None:
         engine_kwargs["max_model_len"] = config.max_model_len
     if config.num_gpus == 0:

@@ -4,7 +4,8 @@
 Serve LLM's builder makes the ingress from a class whose route methods it decorates itself, so there is no app to
 add a middleware to: each route is wrapped instead, and answers 401 before it runs when the key is wrong. A client
 names an adapter as it does on the transformers app (`model: <adapter>`); Serve LLM's own name for it is
-`<served model>:<adapter>`, rewritten here. A request without max_tokens gets the config's `default_max_tokens`.
+`<served model>:<adapter>`, rewritten here, and model cards list the served names. A request without max_tokens
+gets the config's `default_max_tokens`, and Serve LLM's plain HTTP errors (an unknown model) get OpenAI's error body.
 """
 
 import functools
