@@ -139,6 +139,8 @@ def test_a_request_without_max_tokens_gets_the_configured_default(client):
     chat = client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": "Tell a long story."}],
                                           temperature=0)
     assert 0 < chat.usage.completion_tokens <= DEFAULT_MAX_TOKENS
+    legacy = client.completions.create(model=SERVED, prompt="Once upon a time there was", temperature=0)
+    assert 0 < legacy.usage.completion_tokens <= DEFAULT_MAX_TOKENS  # vLLM's own default would be 16
 
 
 def test_async_client(base_url):

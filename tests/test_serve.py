@@ -686,7 +686,19 @@ def test_serve_configs_validate(path):
         assert import_attr(app.import_path) is build_app
         config = load_app_config(app.args)
         assert config.model == "embedded:smollm2-135m"
-    assert {"ray.serve.llm", "vllm"}.isdisjoint(sys.modules)
+
+
+def test_reading_every_serve_config_imports_no_vllm():
+    """vLLM loads only where `engine: vllm` is built: checked in a fresh interpreter, since other tests of this
+    session import it."""
+    script = ("import sys, pathlib, yaml; from sefl_ray.serve.app import load_app_config\n"
+              f"for path in pathlib.Path({str(CONFIGS_DIR)!r}).glob('*.yaml'):\n"
+              "    [load_app_config(app['args']) for app in yaml.safe_load(path.read_text())['applications']]\n"
+              "assert {'ray.serve.llm', 'vllm'}.isdisjoint(sys.modules), 'vLLM imported'\n")
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_feedback_config_autoscales():

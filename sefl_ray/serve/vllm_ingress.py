@@ -52,8 +52,9 @@ class AuthorizedIngress(OpenAiIngress):
             body.model = self._model_id
         elif model in self._adapter_names:
             body.model = f"{self._model_id}:{model}"
-        if (hasattr(body, "max_tokens") and body.max_tokens is None
-                and getattr(body, "max_completion_tokens", None) is None):
+        # Set by the client or not: vLLM's own defaults (16 for a legacy completion) would hide a missing value.
+        chosen = getattr(body, "model_fields_set", set())
+        if hasattr(body, "max_tokens") and not chosen & {"max_tokens", "max_completion_tokens"}:
             body.max_tokens = self._default_max_tokens
 
 
