@@ -9,7 +9,8 @@ transformers engine at each client count is printed too. One engine runs at a ti
 CPUs (the vLLM bundle takes 1). On a GPU machine run it with `--model <a 0.5B folder> --clients 1 8 32 64 --gpu`.
 
 Usage: python bench/engines.py [--model embedded:smollm2-135m] [--max-tokens 64] [--requests-per-client 2]
-                               [--clients 1 8 32] [--offline-prompts 64] [--gpu]
+                               [--clients 1 8 32] [--offline-prompts 64] [--engines transformers vllm]
+                               [--skip-ray-data-llm] [--gpu]
 """
 
 from __future__ import annotations
@@ -153,14 +154,17 @@ def main() -> None:
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--offline-prompts", type=int, default=64)
+    parser.add_argument("--engines", nargs="+", default=["transformers", "vllm"], help="engines to run through Serve")
+    parser.add_argument("--skip-ray-data-llm", action="store_true")
     parser.add_argument("--gpu", action="store_true", help="one GPU per engine instead of the CPU build")
     args = parser.parse_args()
 
     import ray
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    rows = through_serve("transformers", args) + through_serve("vllm", args)
-    rows.append(ray_data_llm(args))
+    rows = [row for engine in args.engines for row in through_serve(engine, args)]
+    if not args.skip_ray_data_llm:
+        rows.append(ray_data_llm(args))
     ray.shutdown()
     rows.append(offline_vllm(args))
 
@@ -170,12 +174,13 @@ def main() -> None:
         if row["path"] == "serve" and row["engine"] == "vllm" and transformers:
             row["vs_transformers"] = row["tok_per_s"] / transformers["tok_per_s"]
     offline = next(row for row in rows if row["path"] == "offline")
-    top = serve_rows[("vllm", max(args.clients))]
-    serve_vs_offline = top["tok_per_s"] / offline["tok_per_s"]
+    top = serve_rows.get(("vllm", max(args.clients)))
+    serve_vs_offline = top["tok_per_s"] / offline["tok_per_s"] if top else None
     print_table(rows, ["engine", "path", "clients", "requests", "tokens", "wall_s", "tok_per_s", "p50_s", "p99_s",
                        "ready_s", "vs_transformers"])
-    print(f"\nvLLM through Serve at {max(args.clients)} clients: {serve_vs_offline:.1%} of offline vLLM's tok/s "
-          f"(goal >= 90 %)")
+    if serve_vs_offline is not None:
+        print(f"\nvLLM through Serve at {max(args.clients)} clients: {serve_vs_offline:.1%} of offline vLLM's "
+              f"tok/s (goal >= 90 %)")
     path = write_results("engines", rows, model=args.model, max_tokens=args.max_tokens, gpu=args.gpu,
                          serve_vs_offline=serve_vs_offline)
     print(f"wrote {path}")

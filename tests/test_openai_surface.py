@@ -168,6 +168,25 @@ def test_stream_reassembles_to_the_non_streamed_text(client):
         model=SERVED, prompt="The sea", max_tokens=8, temperature=0).choices[0].text
 
 
+def test_long_seeded_requests_at_once_are_all_answered(base_url):
+    """What every stage sends: several long prompts with a seed each, at the same time (on a CPU, vLLM 0.29 kills its
+    engine when such a request is prefilled in chunks; the CPU defaults turn chunked prefill off). Six of about 450
+    tokens are over vLLM's 2048-token prefill chunk; the tiny model's context is 512, so it gets shorter ones."""
+    repeats = 60 if "/vllm/" in base_url else 8
+
+    async def scenario():
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=300) as client:
+            return await asyncio.gather(*(client.chat.completions.create(
+                model=SERVED, max_tokens=4, temperature=0.7, seed=index,
+                messages=[{"role": "user", "content": f"{index} " + "Explain the water cycle in detail. " * repeats}])
+                for index in range(6)))
+
+    replies = asyncio.run(scenario())
+    assert all(reply.usage.prompt_tokens > 5 * repeats and reply.usage.completion_tokens > 0 for reply in replies)
+    with openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0) as client:
+        assert _chat(client, "still up?", max_tokens=2).choices
+
+
 def test_models_lists_the_served_name(client):
     assert [model.id for model in client.models.list()] == [SERVED]
 

@@ -29,8 +29,11 @@ VLLM_MISSING = (
 )
 
 # On a CPU, vLLM's `gpu_memory_utilization` is the share of the machine's memory it takes for the KV cache; its
-# default (0.92) refuses to start beside anything else. A replica's own `engine_kwargs` override these.
-CPU_ENGINE_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.15, "enforce_eager": True}
+# default (0.92) refuses to start beside anything else. Chunked prefill is off because vLLM 0.29's CPU runner
+# kills its engine ("CPU Generator does not use offset") when a request with a `seed` is prefilled in chunks, which
+# every stage's long, seeded prompts are (seen here). A replica's own `engine_kwargs` override these.
+CPU_ENGINE_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.15, "enforce_eager": True,
+                                       "enable_chunked_prefill": False}
 
 REMOTE_ADAPTER_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
 

@@ -9,6 +9,7 @@ gets the config's `default_max_tokens`, and Serve LLM's plain HTTP errors (an un
 """
 
 import functools
+import json
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -45,16 +46,14 @@ class AuthorizedIngress(OpenAiIngress):
             return JSONResponse(error.body(), status_code=error.status_code)
         return None
 
-    def _as_configured(self, body: Any) -> None:
+    async def _as_configured(self, body: Any, request: Request) -> None:
         """What the transformers app does with a request's model name and missing max_tokens, done here too."""
         model = getattr(body, "model", None)
         if model == self._served_name:
             body.model = self._model_id
         elif model in self._adapter_names:
             body.model = f"{self._model_id}:{model}"
-        # Set by the client or not: vLLM's own defaults (16 for a legacy completion) would hide a missing value.
-        chosen = getattr(body, "model_fields_set", set())
-        if hasattr(body, "max_tokens") and not chosen & {"max_tokens", "max_completion_tokens"}:
+        if hasattr(body, "max_tokens") and not await _client_sets_max_tokens(request):
             body.max_tokens = self._default_max_tokens
 
 
@@ -75,6 +74,16 @@ class AuthorizedIngress(OpenAiIngress):
         return card.model_copy(update={"id": name})
 
 
+async def _client_sets_max_tokens(request: Request) -> bool:
+    """Whether the client's own JSON names a token limit. The parsed request cannot say: vLLM's legacy-completion
+    model fills in 16 before validation. Starlette keeps the body it read, so reading it again costs nothing."""
+    try:
+        sent = json.loads(await request.body())
+    except ValueError:
+        return True
+    return not isinstance(sent, dict) or bool({"max_tokens", "max_completion_tokens"} & sent.keys())
+
+
 def _authorized(route: Callable[..., Any]) -> Callable[..., Any]:
     """`route` behind the key. FastAPI reads a route's parameters from its signature: the wrapper keeps the
     route's own and adds the raw `request` where the route has none, to read the header from."""
@@ -89,7 +98,7 @@ def _authorized(route: Callable[..., Any]) -> Callable[..., Any]:
         request = kwargs["request"] if takes_request else kwargs.pop("request")
         if (denied := self._denied(request)) is not None:
             return denied
-        self._as_configured(kwargs.get("body"))
+        await self._as_configured(kwargs.get("body"), request)
         if kwargs.get("model") == self._served_name:  # GET /v1/models/{model}
             kwargs["model"] = self._model_id
         try:
