@@ -2,6 +2,7 @@
 
     RUN_DIR/manifest.json, config.yaml      the pipeline's record and the resolved config
     synth/    plan.jsonl, records/, summary.json, call_cache/
+    gate/     records.parquet (the planned records with every gate's verdict), summary.json, call_cache/
     export/   hf/ (DatasetDict), export_summary.json, README.md (the card)
     train/    summary.json, metrics.jsonl, ray/, merged/, adapter/
     infer/    <system>/outputs.parquet, summary.json, config.yaml
@@ -58,6 +59,23 @@ class RunLayout:
     @property
     def synth_call_cache(self) -> Path:
         return self.synth_dir / "call_cache"
+
+    # gate
+    @property
+    def gate_dir(self) -> Path:
+        return self.stage_dir("gate")
+
+    @property
+    def gate_records(self) -> Path:
+        return self.gate_dir / "records.parquet"
+
+    @property
+    def gate_summary(self) -> Path:
+        return self.gate_dir / "summary.json"
+
+    @property
+    def gate_call_cache(self) -> Path:
+        return self.gate_dir / "call_cache"
 
     # export
     @property

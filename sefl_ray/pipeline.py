@@ -118,10 +118,17 @@ def run_pipeline(config: SeflConfig, *, start: str | None = None, only: str | No
     save_resolved_config(config, run_dir)
     init_ray(config.ray)
     environment = environment_record()
-    for stage in STAGES:
-        if plan[stage.name] == "skip":
-            continue
-        with _local_serve(config, stage.endpoints is not None and config.serve.enabled):
+    with contextlib.ExitStack() as serving:  # the run's own Serve app, up across consecutive stages that call it
+        serve_up = False
+        for stage in STAGES:
+            if plan[stage.name] == "skip":
+                continue
+            needs_serve = config.serve.enabled and stage.endpoints is not None and bool(stage.endpoints(config))
+            if serve_up and not needs_serve:
+                serving.close()  # the stages that call nobody (train, infer on model actors) get its CPUs and memory
+            elif needs_serve and not serve_up:
+                serving.enter_context(_local_serve(config))
+            serve_up = needs_serve
             _run_recorded(stage, config, manifest, fingerprints[stage.name], environment)
     return run_dir
 
@@ -164,10 +171,7 @@ def _relative_to(run_dir: Path, path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _local_serve(config: SeflConfig, needed: bool) -> Iterator[None]:
-    if not needed:
-        yield
-        return
+def _local_serve(config: SeflConfig) -> Iterator[None]:
     from sefl_ray.serve.local import start_local_serve, stop_local_serve
 
     start_local_serve(config)

@@ -77,10 +77,17 @@ STAGES: list[Stage] = [
           report=(ReportPart("data", "Data", "sefl_ray.report.data:data_sections"),),
           description="Run teacher/student conversations on Ray Data; re-running resumes where the last run "
           "stopped."),
-    Stage("export", "turn synthesized records into a SEFL-compatible HF DatasetDict", "sefl_ray.export.run:run_export",
-          upstream="synth", sections=("export",), numbers="sefl_ray.export.run:manifest_numbers",
-          description="Export the ok records synth planned as a Hugging Face DatasetDict (train/valid) with SEFL's "
-          "columns and a card."),
+    Stage("gate", "quality gates on the synthesized records: format, near-duplicates, sense, coverage, giveaway",
+          "sefl_ray.gate.run:run_gate", upstream="synth", sections=("gate",),
+          endpoints=lambda config: [config.gate.endpoint] if config.gate.enabled and config.gate.llm_gates else [],
+          numbers="sefl_ray.gate.run:manifest_numbers",
+          report=(ReportPart("quality", "Data quality", "sefl_ray.report.quality:quality_sections"),),
+          description="Rule on every record synth planned; a record that fails a gate is kept as `filtered` with "
+          "the gate and the reason, and export leaves it out."),
+    Stage("export", "turn the gated records into a SEFL-compatible HF DatasetDict", "sefl_ray.export.run:run_export",
+          upstream="gate", sections=("export",), numbers="sefl_ray.export.run:manifest_numbers",
+          description="Export the records that passed the gates as a Hugging Face DatasetDict (train/valid) with "
+          "SEFL's columns and a card."),
     Stage("train", "fine-tune a causal LM on the exported pairs with Ray Train (+ merge)",
           "sefl_ray.train.run:run_train", pipeline_entry="sefl_ray.train.run:run_train_and_merge", upstream="export",
           sections=("train",), numbers="sefl_ray.train.run:manifest_numbers",

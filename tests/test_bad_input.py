@@ -214,6 +214,8 @@ CONFIG_COMMANDS = {  # command: (argv before CONFIG, an unknown key, a wrong typ
     "pipeline": (["pipeline"], {"ray": {"num_cpu": 2}}, {"ray": {"num_cpus": "two"}}, "ray.num_cpu", "ray.num_cpus"),
     "synth": (["synth"], {"synth": {"sources": {"paht": "x.jsonl"}}}, {"synth": {"concurrency": "lots"}},
               "synth.sources.paht", "synth.concurrency"),
+    "gate": (["gate"], {"gate": {"dedup": {"treshold": 0.5}}}, {"gate": {"llm_gates": "sense"}},
+             "gate.dedup.treshold", "gate.llm_gates"),
     "export": (["export"], {"export": {"valid_fractoin": 0.2}}, {"export": {"valid_fraction": "half"}},
                "export.valid_fractoin", "export.valid_fraction"),
     "train": (["train"], {"train": {"learning_rate": 1e-4}}, {"train": {"epochs": "many"}}, "train.learning_rate",
@@ -258,7 +260,7 @@ def _blocked_run_dir_case(*argv: str) -> Callable[[Workspace], Case]:
     return lambda w: Case([*argv, w.config(run_dir=w.blocked())], ("cannot write the run dir", "Not a directory"))
 
 
-for _command in ("pipeline", "synth", "export", "train", "infer", "judge"):
+for _command in ("pipeline", "synth", "gate", "export", "train", "infer", "judge"):
     CASES[_command, "run dir not writable"] = _blocked_run_dir_case(_command)
 
 
@@ -316,25 +318,37 @@ for _kind, _synth_case in (("missing input", _synth_missing), ("empty dataset", 
     CASES["pipeline", _kind] = _through_the_pipeline(_synth_case)
 
 
-# ---------------------------------------------------------------- export: the synth plan and records of the run dir
+# ---------------------------------------------------------------- gate and export: synth's plan and records, the gated ones
+
+
+@case("gate", "missing input")
+def _gate_missing(w):
+    return Case(["gate", w.config({"run_dir": str(w.root / "fresh-run")})],
+                ("plan.jsonl not found", "run the synth stage first"))
+
+
+@case("gate", "empty dataset")
+def _gate_empty(w):
+    (w.run_dir / "synth" / "records").mkdir()
+    return Case(["gate", w.config()], ("no readable records",))
+
+
+@case("gate", "corrupt parquet")
+def _gate_corrupt(w):
+    w.corrupt_parquet(w.run_dir / "synth" / "records" / "part-0.parquet")  # set aside by the reader: kept
+    return Case(["gate", w.config()], ("no readable records",))
 
 
 @case("export", "missing input")
 def _export_missing(w):
     return Case(["export", w.config({"run_dir": str(w.root / "fresh-run")})],
-                ("plan.jsonl not found", "run the synth stage first"))
-
-
-@case("export", "empty dataset")
-def _export_empty(w):
-    (w.run_dir / "synth" / "records").mkdir()
-    return Case(["export", w.config()], ("no readable records",))
+                ("records.parquet not found", "run the gate stage first"))
 
 
 @case("export", "corrupt parquet")
 def _export_corrupt(w):
-    w.corrupt_parquet(w.run_dir / "synth" / "records" / "part-0.parquet")  # set aside by the reader: kept
-    return Case(["export", w.config()], ("no readable records",))
+    w.corrupt_parquet(w.run_dir / "gate" / "records.parquet")
+    return Case(["export", w.config()], ("records.parquet", "unreadable", "run the gate stage again"))
 
 
 # ---------------------------------------------------------------- train: train.dataset

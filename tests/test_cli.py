@@ -69,7 +69,7 @@ def test_endpoint_check_against_loopback(loopback, tmp_path):
 
 
 def test_synth_export_train_push_from_the_command_line(tmp_path, tiny_model_dir):
-    """A user's path: synth against an endpoint, export the dataset, train on it, dry-run the push; each stage
+    """A user's path: synth against an endpoint, gate and export the dataset, train on it, dry-run the push; each stage
     starts its own local Ray, and the console shows our progress, not Ray's complaints about a missing dashboard."""
     import datasets
 
@@ -83,9 +83,12 @@ def test_synth_export_train_push_from_the_command_line(tmp_path, tiny_model_dir)
             f"run_dir: {tmp_path / 'run'}\nray: {{num_cpus: 2}}\n"
             f"endpoints:\n  - {{name: loop, model: m, base_url: '{server.base_url}'}}\n"
             "synth: {teacher_endpoint: loop, student_endpoint: loop, num_conversations: 12}\n"
+            "gate: {enabled: false}  # the scripted replies are the same placeholder text in every record\n"
         )
         synth = run_cli("synth", str(config), env=env)
         assert synth.returncode == 0, synth.stderr[-2000:]
+    gate = run_cli("gate", str(config), env=env)
+    assert gate.returncode == 0, gate.stderr[-2000:]
     export = run_cli("export", str(config))
     assert export.returncode == 0, export.stderr[-2000:]
     dataset = datasets.load_from_disk(str(tmp_path / "run/export/hf"))

@@ -13,7 +13,12 @@ def test_every_job_yaml_loads():
     job_files = sorted((REPO / "jobs").glob("*.yaml"))
     assert job_files, "jobs/ holds at least the local preset"
     for path in job_files:
-        load_config(path)
+        config = load_config(path)
+        if "synth" in yaml.safe_load(path.read_text()):
+            # a preset that synthesizes names the endpoints of synth and of its gate, both among its own
+            for name in [*config.synth.endpoint_names("teacher"), *config.synth.endpoint_names("student"),
+                         config.gate.endpoint]:
+                config.endpoint(name)
 
 
 def test_overrides_are_typed_and_nested(tmp_path):

@@ -117,22 +117,22 @@ def test_one_writer_per_run_dir_and_a_killed_holder_frees_it(tmp_path):
 
 
 def test_an_export_that_runs_out_of_disk_keeps_the_previous_export(tmp_path):
-    from sefl_ray.export.dataset import ExportConfig, export_dataset
+    from sefl_ray.export.dataset import ExportConfig, export_dataset, read_exportable_records
     from tests.test_export import make_record
 
     records_dir = tmp_path / "records"
     write_parquet(records_dir / "part-0.parquet", pa.Table.from_pylist(
         [make_record(i) for i in range(40)], schema=RECORD_SCHEMA))
     out_dir = tmp_path / "export"
-    export_dataset(records_dir, out_dir, ExportConfig(), seed=0)
+    export_dataset(read_exportable_records(records_dir), out_dir, ExportConfig(), seed=0)
     before = {p.relative_to(out_dir): p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
     # the same export again, with more rows, on a "disk" that fills up half-way through the arrow files
     write_parquet(records_dir / "part-1.parquet", pa.Table.from_pylist(
         [make_record(i) for i in range(40, 400)], schema=RECORD_SCHEMA))
     result = run_on_a_full_disk(f"""
-        from sefl_ray.export.dataset import ExportConfig, export_dataset
+        from sefl_ray.export.dataset import ExportConfig, export_dataset, read_exportable_records
         try:
-            export_dataset({str(records_dir)!r}, {str(out_dir)!r}, ExportConfig(), seed=0)
+            export_dataset(read_exportable_records({str(records_dir)!r}), {str(out_dir)!r}, ExportConfig(), seed=0)
         except OSError as exc:
             print("failed", exc)
     """, limit=200 * 1024)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from sefl_ray.export.dataset import ExportConfig, export_dataset, export_summary
+from sefl_ray.export.dataset import ExportConfig, export_dataset, export_summary, read_exportable_records
 from sefl_ray.data.hub import push_folder
 from sefl_ray.data.records import RECORD_SCHEMA, record_id
 from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, to_chat_messages
@@ -104,7 +104,8 @@ def exported(tmp_path_factory) -> Path:
     older, newer = all_rows()
     write_records(base / "records" / "a.parquet", older)
     write_records(base / "records" / "b.parquet", newer)
-    return export_dataset(base / "records", base / "out", ExportConfig(valid_fraction=0.25), seed=0)
+    return export_dataset(read_exportable_records(base / "records"), base / "out", ExportConfig(valid_fraction=0.25),
+                          seed=0)
 
 
 def split_ids(out_dir: Path) -> dict[str, list[str]]:
@@ -180,7 +181,8 @@ def test_dataset_card_front_matter_and_numbers(exported):
         assert (exported / entry["path"]).is_file()
 
     assert "| train | 10 |" in card and "| valid | 3 |" in card
-    assert f"{N_OK + N_FAILED} records were synthesized: {N_OK} ok, {N_FAILED} failed" in card
+    assert (f"{N_OK + N_FAILED} records were synthesized and gated: {N_OK} passed every gate, 0 were filtered by a "
+            f"quality gate, {N_FAILED} failed") in card
     assert FINGERPRINT in card and TEACHER in card and STUDENT in card
     assert "synthesized by sefl-ray" in card
     # usage over the 16 rows read_records keeps: teacher 2 calls and $0.001 each, student cost unknown
@@ -192,14 +194,14 @@ def test_dataset_card_front_matter_and_numbers(exported):
 
     summary = export_summary(exported)
     assert summary["splits"] == {"train": 10, "valid": 3}
-    assert summary["records"] == {"total": 16, "ok": 13, "failed": 3, "exported": 13}
+    assert summary["records"] == {"total": 16, "ok": 13, "failed": 3, "filtered": 0, "exported": 13}
     assert summary["config_fingerprints"] == [FINGERPRINT]
 
 
 def test_split_is_seeded_and_independent_of_file_order(tmp_path, records_dir):
     config = ExportConfig(valid_fraction=0.25)
-    first = split_ids(export_dataset(records_dir, tmp_path / "a", config, seed=0))
-    again = split_ids(export_dataset(records_dir, tmp_path / "b", config, seed=0))
+    first = split_ids(export_dataset(read_exportable_records(records_dir), tmp_path / "a", config, seed=0))
+    again = split_ids(export_dataset(read_exportable_records(records_dir), tmp_path / "b", config, seed=0))
     assert first == again
 
     # The same records spread over files differently, in another order: the same split.
@@ -211,19 +213,20 @@ def test_split_is_seeded_and_independent_of_file_order(tmp_path, records_dir):
     write_records(other_dir / "z.parquet", [row for row in shuffled if row["id"] != duplicate_id][:8])
     write_records(other_dir / "a.parquet", [row for row in shuffled if row["id"] != duplicate_id][8:])
     write_records(other_dir / "m" / "dup.parquet", [row for row in shuffled if row["id"] == duplicate_id])
-    assert split_ids(export_dataset(other_dir, tmp_path / "c", config, seed=0)) == first
+    assert split_ids(export_dataset(read_exportable_records(other_dir), tmp_path / "c", config, seed=0)) == first
 
-    other_seed = split_ids(export_dataset(records_dir, tmp_path / "d", config, seed=1))
+    other_seed = split_ids(export_dataset(read_exportable_records(records_dir), tmp_path / "d", config, seed=1))
     assert set(other_seed["valid"]) != set(first["valid"])
     assert set(other_seed["valid"]) | set(other_seed["train"]) == set(first["valid"]) | set(first["train"])
 
     # Exporting again into the same folder replaces the old export instead of mixing with it.
-    assert split_ids(export_dataset(records_dir, tmp_path / "d", config, seed=0)) == first
+    assert split_ids(export_dataset(read_exportable_records(records_dir), tmp_path / "d", config, seed=0)) == first
 
 
 def test_min_valid_include_failed_and_system_prompt(tmp_path, records_dir):
     config = ExportConfig(valid_fraction=0.01, min_valid=2, include_failed=True, system_prompt="Be brief.")
-    out = export_dataset(records_dir, tmp_path / "out", config, seed=3, dataset_name="tiny test set")
+    out = export_dataset(read_exportable_records(records_dir), tmp_path / "out", config, seed=3,
+                         dataset_name="tiny test set")
     dataset = datasets.load_from_disk(str(out / "hf"))
     assert dataset["valid"].num_rows == 2 and dataset["train"].num_rows == N_OK + N_FAILED - 2
     assert dataset["train"].column_names == SEFL_COLUMNS + OWN_COLUMNS + ["status"]
@@ -232,28 +235,29 @@ def test_min_valid_include_failed_and_system_prompt(tmp_path, records_dir):
     assert dataset["train"][0]["messages"][0] == {"role": "system", "content": "Be brief."}
     card = (out / "README.md").read_text()
     assert yaml.safe_load(card.split("---\n")[1])["pretty_name"] == "tiny test set"
-    assert "failed ones included" in card
+    assert "plus failed ones" in card
 
 
 def test_train_keeps_a_row_and_valid_is_never_empty(tmp_path):
     write_records(tmp_path / "records" / "two.parquet", [make_record(5), make_record(6)])
     config = ExportConfig(valid_fraction=0.9, min_valid=5)
-    dataset = datasets.load_from_disk(str(export_dataset(tmp_path / "records", tmp_path / "out", config) / "hf"))
+    out = export_dataset(read_exportable_records(tmp_path / "records"), tmp_path / "out", config)
+    dataset = datasets.load_from_disk(str(out / "hf"))
     assert (dataset["train"].num_rows, dataset["valid"].num_rows) == (1, 1)
     write_records(tmp_path / "one" / "one.parquet", [make_record(5)])
     with pytest.raises(InputNotFoundError, match="at least 2"):
-        export_dataset(tmp_path / "one", tmp_path / "out1", ExportConfig())
+        export_dataset(read_exportable_records(tmp_path / "one"), tmp_path / "out1", ExportConfig())
 
 
 def test_missing_or_unusable_records_are_clear_errors(tmp_path):
     with pytest.raises(InputNotFoundError, match="records folder not found"):
-        export_dataset(tmp_path / "nope", tmp_path / "out", ExportConfig())
+        read_exportable_records(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputNotFoundError, match="no readable records"):
-        export_dataset(tmp_path / "empty", tmp_path / "out", ExportConfig())
+        read_exportable_records(tmp_path / "empty")
     write_records(tmp_path / "failed" / "x.parquet", [make_record(i, status="failed") for i in range(3)])
-    with pytest.raises(InputNotFoundError, match="none of the 3 records .* is ok"):
-        export_dataset(tmp_path / "failed", tmp_path / "out", ExportConfig())
+    with pytest.raises(InputNotFoundError, match=r"none of the 3 records is ok \(3 failed"):
+        export_dataset(read_exportable_records(tmp_path / "failed"), tmp_path / "out", ExportConfig())
     with pytest.raises(InputNotFoundError, match="run the export first"):
         export_summary(tmp_path / "out")
 

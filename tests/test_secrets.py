@@ -27,6 +27,7 @@ def secret_config(tmp_path: Path, base_url: str):
         f"run_dir={tmp_path / 'run'}",
         f"endpoints=[{{name: loop, model: loop-model, base_url: '{with_credentials}'}}]",
         "synth.teacher_endpoint=loop", "synth.student_endpoint=loop", "synth.num_conversations=3",
+        "gate.endpoint=loop", "export.include_filtered=true",  # placeholder replies: whatever the gates rule
         f"ray.runtime_env={{env_vars: {{HF_TOKEN: {ENV_SECRET}, WANDB_API_KEY: {ENV_SECRET}}}}}",
     ])
 
@@ -44,6 +45,7 @@ def test_no_secret_reaches_the_run_dir_or_the_logs(ray_session, tmp_path, caplog
     with LoopbackServer(replies=schema_reply) as server, caplog.at_level(logging.DEBUG, logger="sefl_ray"):
         config = secret_config(tmp_path, server.base_url)
         run_synth(config)
+        run_pipeline(config, only="gate")  # the gate asks the endpoint with credentials in its URL too
         run_pipeline(config, only="export")  # the manifest, the resolved config and the dataset card
         assert server.count() > 0, "the endpoint with credentials in its URL was really called"
     run_dir = tmp_path / "run"

@@ -28,6 +28,7 @@ from sefl_ray.errors import ConfigError
 from sefl_ray.serve.app import ServeAppConfig, ServeConfigError, build_app, deployment_for, load_app_config
 from sefl_ray.serve.engine_api import GenerationRequest, GenerationResult, PromptTooLong, UnsupportedSchema
 from sefl_ray.serve.openai_api import ChatCompletionRequest, CompletionRequest, to_generation_request
+from sefl_ray.testing.adapters import make_lora_adapters
 from sefl_ray.testing.ports import free_port
 
 
@@ -126,22 +127,6 @@ class EchoEngine:
 # -- fixtures ------------------------------------------------------------------------------------------------------
 
 
-def _make_adapters(model_dir: str, out_dir: Path, names: list[str]) -> dict[str, str]:
-    """Random-weight LoRA adapters for the tiny model (B is not zero, so an adapter changes the output)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    paths = {}
-    for seed, name in enumerate(names):
-        torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_pretrained(model_dir)
-        lora = LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-        get_peft_model(base, lora).save_pretrained(out_dir / name)
-        paths[name] = str(out_dir / name)
-    return paths
-
-
 @pytest.fixture(scope="module")
 def serve_apps(ray_session, tiny_model_dir, tmp_path_factory):
     """Both apps, started once; `serve.shutdown()` afterwards."""
@@ -150,7 +135,7 @@ def serve_apps(ray_session, tiny_model_dir, tmp_path_factory):
     # The echo app's replica unpickles EchoEngine; this test module is not importable there.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     adapters_dir = tmp_path_factory.mktemp("adapters")
-    real_adapters = _make_adapters(str(tiny_model_dir), adapters_dir, ["lora-a", "lora-b"])
+    real_adapters = make_lora_adapters(tiny_model_dir, adapters_dir, ["lora-a", "lora-b"])
     real_adapters["lora-gone"] = str(adapters_dir / "lora-gone")  # in the config, not on disk: loading it fails
     echo_adapters = {}
     for name in ("e1", "e2", "e3"):
@@ -801,6 +786,8 @@ def test_vllm_app_config_maps_the_same_fields_onto_serve_llm(tiny_model_dir):
     remote = llm_config(ServeAppConfig(model=str(tiny_model_dir), engine="vllm", served_model_name="base",
                                        adapters={"a": "s3://bucket/loras/a", "b": "s3://bucket/loras/b"}))
     assert remote["lora_config"]["dynamic_lora_loading_path"] == "s3://bucket/loras"
+    assert remote["engine_kwargs"]["enable_lora"] is True and remote["engine_kwargs"]["max_loras"] == 4
+    assert "enable_lora" not in cpu["engine_kwargs"]
     for adapters in ({"a": "/local/loras/a"}, {"a": "s3://bucket/loras/not-a"},
                      {"a": "s3://one/a", "b": "s3://two/b"}):
         with pytest.raises(ServeConfigError, match="one cloud folder"):

@@ -415,6 +415,7 @@ def test_embedded_model_fine_tuned_on_32_synthesized_examples_lowers_held_out_lo
 ):
     """synth (loopback teacher/student quoting their prompts) -> export -> a short full fine-tune of SmolLM2-135M."""
     from sefl_ray.export.run import run_export
+    from sefl_ray.gate.run import run_gate
     from sefl_ray.synth.run import run_synth
     from sefl_ray.testing.loopback import LoopbackServer
     from sefl_ray.testing.schema_replies import grounded_schema_reply
@@ -427,9 +428,10 @@ def test_embedded_model_fine_tuned_on_32_synthesized_examples_lowers_held_out_lo
             "synth.samples_per_source=2", "export.valid_fraction=0.25",
             "train.model=embedded:smollm2-135m", "train.num_workers=1", "train.cpus_per_worker=2",
             "train.max_seq_len=512", "train.batch_size=1", "train.lr=1e-4", "train.epochs=1", "train.warmup_ratio=0",
-            "train.checkpoint_every_steps=1000", "train.merge=false",
+            "train.checkpoint_every_steps=1000", "train.merge=false", "gate.enabled=false",
         ])
         run_synth(config)
+    run_gate(config)
     run_export(config)
     assert datasets.load_from_disk(str(tmp_path / "export" / "hf")).num_rows == {"train": 24, "valid": 8}
     run_train(config)

@@ -11,6 +11,7 @@ import pytest
 
 from sefl_ray.config import load_config
 from sefl_ray.export.run import run_export
+from sefl_ray.gate.run import run_gate
 from sefl_ray.infer.run import run_infer
 from sefl_ray.judge.run import run_judge
 from sefl_ray.layout import RunLayout
@@ -39,9 +40,10 @@ def test_priced_and_unpriced_endpoints_get_one_cost_rule_in_synth_infer_judge_ca
             f"run_dir={tmp_path}", f"endpoints={endpoints}", "retry.base_delay_s=0.01", "synth.num_conversations=4",
             "synth.teacher_endpoint=paid", "synth.student_endpoint=free", "synth.num_actors=1",
             "export.valid_fraction=0.5", "infer.max_new_tokens=8", "judge.judges=[paid, free]", "judge.mode=both",
-            "judge.n_bootstrap=0"])
+            "judge.n_bootstrap=0", "gate.enabled=false"])
         layout = RunLayout(tmp_path)
         run_synth(config)
+        run_gate(config)
         run_export(config)
         for name in ("paid", "free"):
             run_infer(config.model_copy(update={"infer": config.infer.model_copy(

@@ -7,6 +7,7 @@ and the stage fingerprints are derived from those marks. This package imports no
 """
 
 from sefl_ray.config.annotate import AnnotateConfig, QuestionConfig
+from sefl_ray.config.gate import DedupConfig, FormatGateConfig, GateConfig
 from sefl_ray.config.loading import (
     config_as_yaml, config_fingerprint, load_config, log_resolved_config, redact_secrets, redact_text, redacted_dump,
     save_resolved_config,
@@ -21,7 +22,8 @@ from sefl_ray.config.serve import AutoscalingSettings, LocalServeConfig, ServeAp
 from sefl_ray.config.train import DeepSpeedSettings, FsdpSettings, LoraSettings, TrainConfig
 
 __all__ = [
-    "AnnotateConfig", "AutoscalingSettings", "DeepSpeedSettings", "EndpointConfig", "ExportConfig", "FsdpSettings",
+    "AnnotateConfig", "AutoscalingSettings", "DedupConfig", "DeepSpeedSettings", "EndpointConfig", "ExportConfig",
+    "FormatGateConfig", "FsdpSettings", "GateConfig",
     "InferConfig", "JudgeConfig", "LocalServeConfig", "LoraSettings", "ModelsConfig", "QuestionConfig", "RayConfig",
     "RetryConfig", "SeflConfig", "ServeAppConfig", "SourcesConfig", "StrictModel", "SynthConfig", "TrainConfig",
     "config_as_yaml", "config_fingerprint", "decided_by", "load_config", "log_resolved_config", "redact_secrets",

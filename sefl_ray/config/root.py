@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import field_validator
 
 from sefl_ray.config.annotate import AnnotateConfig
+from sefl_ray.config.gate import GateConfig
 from sefl_ray.config.schema import Field, StrictModel
 from sefl_ray.config.sections import (
     EndpointConfig, ExportConfig, InferConfig, JudgeConfig, ModelsConfig, RayConfig, RetryConfig, SynthConfig,
@@ -41,6 +42,7 @@ class SeflConfig(StrictModel):
     )
     models: ModelsConfig = Field(decides="content", default_factory=ModelsConfig)
     synth: SynthConfig = Field(decides="content", default_factory=SynthConfig)
+    gate: GateConfig = Field(decides="content", default_factory=GateConfig)
     export: ExportConfig = Field(decides="content", default_factory=ExportConfig)
     serve: LocalServeConfig = Field(decides="content", default_factory=LocalServeConfig)
     infer: InferConfig = Field(decides="content", default_factory=InferConfig)

@@ -142,7 +142,7 @@ class SynthConfig(StrictModel):
     max_mistakes: int = Field(3, decides="content", ge=1, description="Most deliberate mistakes per answer.")
     mistake_kinds: list[str] = Field(
         decides="content", default_factory=lambda: ["factual", "reasoning", "calculation", "omission", "misreading"],
-        description="Kinds of mistake sampled per row (see sefl_ray.synth.prompts.MISTAKE_DESCRIPTIONS).",
+        description="Kinds of mistake sampled per row (see sefl_ray.data.mistakes.MISTAKE_DESCRIPTIONS).",
     )
     json_mode: Literal["json_schema", "json_object", "off"] = Field(
         "json_schema", decides="content",
@@ -198,6 +198,11 @@ class ExportConfig(StrictModel):
     include_failed: bool = Field(
         False, decides="scope",
         description="Export failed rows too (with a `status` column); by default only `ok` rows are exported.",
+    )
+    include_filtered: bool = Field(
+        False, decides="scope",
+        description="Export the rows a quality gate filtered too (with `status`, `gate` and `gate_reason` "
+        "columns); by default only rows that passed every gate are exported.",
     )
     license: str = Field(
         "other", decides="content",

@@ -59,6 +59,13 @@ RECORD_SCHEMA = pa.schema(
         ("finished_at", pa.float64()),              # unix time; the newest row of an id wins among equals
     ]
 )
+# One gate's ruling on one record (`sefl-ray gate`): `details` is JSON (e.g. coverage's mistake -> feedback map).
+GATE_VERDICT_TYPE = pa.struct([("gate", pa.string()), ("passed", pa.bool_()), ("reason", pa.string()),
+                               ("rationale", pa.string()), ("details", pa.string())])
+# What the gate stage writes and export reads: the records with every verdict; `status` is "filtered" for a record
+# a gate kept out (`gate`, `gate_reason` say which and why), "failed" when synth or a gate's call failed.
+GATED_RECORD_SCHEMA = RECORD_SCHEMA.append(pa.field("gate_verdicts", pa.list_(GATE_VERDICT_TYPE))) \
+    .append(pa.field("gate", pa.string())).append(pa.field("gate_reason", pa.string()))
 
 
 def record_id(source_id: str, sample_index: int, config_fingerprint: str) -> str:

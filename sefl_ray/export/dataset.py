@@ -1,8 +1,8 @@
 """Turn synthesized records into a Hugging Face dataset with the published SEFL dataset's columns, plus a card.
 
-`export_dataset` reads the records (one row per id, see `read_records`), keeps the `ok` ones, splits them into `train`
-and `valid` by a seeded shuffle of the sorted ids (so the split depends on the seed only, never on file order), and
-writes the same `DatasetDict` three ways under the output folder:
+`export_dataset` takes the records the gate ruled on (one row per id), keeps those that passed (`ok`), splits them
+into `train` and `valid` by a seeded shuffle of the sorted ids (so the split depends on the seed only, never on file
+order), and writes the same `DatasetDict` three ways under the output folder:
 
     hf/                       `DatasetDict.save_to_disk`, for `datasets.load_from_disk`
     parquet/{split}.parquet   one file per split, what the Hub's dataset viewer and `load_dataset` read
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -47,47 +47,40 @@ _MESSAGES = datasets.List({"role": _STRING, "content": _STRING})
 
 
 def export_dataset(
-    records_dir: str | Path,
+    records: pa.Table,
     out_dir: str | Path,
     export_config: ExportConfig,
     *,
     seed: int = 0,
     dataset_name: str = "sefl-ray synthetic feedback",
-    only_ids: set[str] | None = None,
+    gate_summary: dict[str, Any] | None = None,
 ) -> Path:
-    """Export the records under `records_dir` to `out_dir` (see the module docstring); returns `out_dir`.
-    `only_ids` keeps just those records: the rows the current synth config planned, when a run dir also holds
-    rows of an earlier config (another fingerprint, or a larger `num_conversations`)."""
-    records_dir, out_dir = Path(records_dir), Path(out_dir)
-    records = _read_exportable_records(records_dir)
-    if only_ids is not None:
-        planned = pa.array([row_id in only_ids for row_id in records["id"].to_pylist()], type=pa.bool_())
-        left_out = records.num_rows - sum(planned.to_pylist())
-        records = records.filter(planned)
-        if left_out:
-            logger.info("export: %d record(s) under %s belong to another synth config; left out", left_out,
-                        records_dir)
-        if records.num_rows == 0:
-            raise InputNotFoundError(f"none of the records under {records_dir} was planned by this synth config: "
-                                     "run the synthesis stage with it first")
+    """Export `records` (one row per id: `read_exportable_records`, or the gate's records.parquet) to `out_dir`
+    (see the module docstring); returns `out_dir`. `gate_summary` (the gate's summary.json) goes into the card."""
+    out_dir = Path(out_dir)
     statuses = records["status"].to_pylist()
-    keep = [status == "ok" or export_config.include_failed for status in statuses]
-    rows = records.filter(pa.array(keep)).to_pylist()
+    wanted = {"ok"} | ({"failed"} if export_config.include_failed else set()) | (
+        {"filtered"} if export_config.include_filtered else set())
+    rows = records.filter(pa.array([status in wanted for status in statuses], type=pa.bool_())).to_pylist()
     if not rows:
+        counts = ", ".join(f"{statuses.count(status)} {status}" for status in sorted(set(statuses)))
+        reasons = Counter(reason for column in ("error", "gate_reason") if column in records.column_names
+                          for reason in records[column].to_pylist() if reason)
+        commonest = f"; the commonest reason: {reasons.most_common(1)[0][0][:300]}" if reasons else ""
         raise InputNotFoundError(
-            f"none of the {len(statuses)} records under {records_dir} is ok (all failed; their `error` column says "
-            "why): fix the synthesis and run it again, or set export.include_failed=true to export them anyway"
+            f"none of the {len(statuses)} records is ok ({counts}{commonest}): fix the synthesis or the gates and "
+            "run them again, or set export.include_failed=true / export.include_filtered=true to export them anyway"
         )
-
     if len(rows) < 2:
         raise InputNotFoundError(
-            f"only {len(rows)} exportable record under {records_dir}: the export needs at least 2, one for train and "
+            f"only {len(rows)} exportable record of {len(statuses)}: the export needs at least 2, one for train and "
             "one for valid; synthesize more"
         )
     split_ids = split_record_ids([row["id"] for row in rows], export_config, seed=seed)
     system_prompt = export_config.system_prompt or DEFAULT_SYSTEM_PROMPT
     rows_by_id = {row["id"]: row for row in rows}
-    features = _features(export_config.include_failed)
+    features = _features(export_config.include_failed or export_config.include_filtered,
+                         "gate" in records.column_names)
     dataset_dict = datasets.DatasetDict(
         {
             split: _build_split([rows_by_id[row_id] for row_id in ids], features, system_prompt)
@@ -95,7 +88,8 @@ def export_dataset(
         }
     )
 
-    summary = _summarize(records, rows, dataset_dict, export_config, seed=seed, dataset_name=dataset_name)
+    summary = _summarize(records, rows, dataset_dict, export_config, seed=seed, dataset_name=dataset_name,
+                         gate_summary=gate_summary)
     # The whole export is built beside the old one and swapped in once complete: a failed or killed export
     # leaves the previous dataset as it was, and no shard of it lingers beside the new one.
     with replacing_folder(out_dir) as staging:
@@ -106,9 +100,10 @@ def export_dataset(
         write_json(staging / SUMMARY_FILE, summary)
         write_text(staging / "README.md", render_dataset_card(summary))
     logger.info(
-        "exported %d of %d records to %s (train %d, valid %d; %d failed records %s)",
+        "exported %d of %d records to %s (train %d, valid %d; %d failed records %s, %d filtered %s)",
         len(rows), len(statuses), out_dir, summary["splits"]["train"], summary["splits"]["valid"],
         summary["records"]["failed"], "included" if export_config.include_failed else "left out",
+        summary["records"]["filtered"], "included" if export_config.include_filtered else "left out",
     )
     return out_dir
 
@@ -142,7 +137,9 @@ def render_errors(errors: list[str] | None) -> str:
     return "\n".join(f"{number}. {error}" for number, error in enumerate(errors or [], start=1))
 
 
-def _read_exportable_records(records_dir: Path) -> pa.Table:
+def read_exportable_records(records_dir: str | Path) -> pa.Table:
+    """Synth's records under `records_dir`, one row per id, for an export without gates (tests, old run dirs)."""
+    records_dir = Path(records_dir)
     if not records_dir.is_dir():
         raise InputNotFoundError(
             f"records folder not found: {records_dir}; run the synthesis stage first or point the export at the "
@@ -156,11 +153,14 @@ def _read_exportable_records(records_dir: Path) -> pa.Table:
     return records
 
 
-def _features(include_status: bool) -> datasets.Features:
+def _features(include_status: bool, gated: bool) -> datasets.Features:
     columns: dict[str, Any] = {name: _STRING for name in (*SEFL_COLUMNS, *OWN_COLUMNS)}
     columns["messages"] = _MESSAGES
     if include_status:
         columns["status"] = _STRING
+        if gated:
+            columns["gate"] = _STRING
+            columns["gate_reason"] = _STRING
     return datasets.Features(columns)
 
 
@@ -192,6 +192,8 @@ def _export_row(row: dict[str, Any], system_prompt: str) -> dict[str, Any]:
         "preset": row["preset"] or "",
         "config_fingerprint": row["config_fingerprint"] or "",
         "status": row["status"],
+        "gate": row.get("gate") or "",
+        "gate_reason": row.get("gate_reason") or "",
     }
 
 
@@ -203,6 +205,7 @@ def _summarize(
     *,
     seed: int,
     dataset_name: str,
+    gate_summary: dict[str, Any] | None,
 ) -> dict[str, Any]:
     statuses = records["status"].to_pylist()
     return {
@@ -211,9 +214,11 @@ def _summarize(
         "records": {
             "total": len(statuses),
             "ok": statuses.count("ok"),
-            "failed": len(statuses) - statuses.count("ok"),
+            "failed": statuses.count("failed"),
+            "filtered": statuses.count("filtered"),
             "exported": len(rows),
         },
+        "quality": _quality_numbers(gate_summary),
         "config_fingerprints": sorted({row["config_fingerprint"] for row in rows if row["config_fingerprint"]}),
         "teacher_models": sorted({row["teacher_model"] for row in rows if row["teacher_model"]}),
         "student_models": sorted({row["student_model"] for row in rows if row["student_model"]}),
@@ -224,6 +229,32 @@ def _summarize(
         "usage": _usage_totals(records["usage"].to_pylist()),
         "columns": list(dataset_dict["train"].column_names),
     }
+
+
+def _quality_lines(quality: dict[str, Any] | None) -> list[str]:
+    if not quality:
+        return []
+    lines = ["## Data quality", "", "Each record passed the gates in this order and stopped at the first it failed "
+             "(`sefl-ray gate`):", "", "| gate | checked | passed | filtered | pass rate | commonest reason |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for gate, entry in quality["gates"].items():
+        reasons = sorted(entry["reasons"].items(), key=lambda item: -item[1])
+        top = f"{reasons[0][0]} ({reasons[0][1]})" if reasons else ""
+        rate = f"{entry['pass_rate']:.1%}" if entry["pass_rate"] is not None else ""
+        lines.append(f"| {gate} | {entry['checked']} | {entry['passed']} | {entry['filtered']} | {rate} | {top} |")
+    lines += ["", f"Near-duplicates: {quality['duplicates_removed']} record(s) removed from "
+              f"{quality['duplicate_clusters']} cluster(s), the smallest id of each kept.", ""]
+    return lines
+
+
+def _quality_numbers(gate_summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the card says of the gates: pass rate and reasons per gate, duplicates removed."""
+    if gate_summary is None:
+        return None
+    return {"gates": {gate: {key: entry[key] for key in ("checked", "passed", "filtered", "pass_rate", "reasons")}
+                      for gate, entry in gate_summary["gates"].items()},
+            "duplicates_removed": gate_summary["duplicates"]["removed"],
+            "duplicate_clusters": gate_summary["duplicates"]["clusters"]}
 
 
 def _usage_totals(usage_lists: list[list[dict[str, Any]] | None]) -> list[dict[str, Any]]:
@@ -278,13 +309,16 @@ def render_dataset_card(summary: dict[str, Any]) -> str:
         "",
         "## Records",
         "",
-        f"{records['total']} records were synthesized: {records['ok']} ok, {records['failed']} failed. "
-        + (
-            f"{records['exported']} were exported, failed ones included (see the `status` column)."
-            if config["include_failed"]
-            else f"{records['exported']} ok records were exported; failed ones were left out."
-        ),
+        f"{records['total']} records were synthesized and gated: {records['ok']} passed every gate, "
+        f"{records.get('filtered', 0)} were filtered by a quality gate, {records['failed']} failed. "
+        f"{records['exported']} were exported: "
+        + ("those that passed" if not (config["include_failed"] or config.get("include_filtered"))
+           else "those that passed, plus " + " and ".join(
+               kind for kind, flag in (("failed", "include_failed"), ("filtered", "include_filtered"))
+               if config.get(flag)) + " ones (see the `status` column)")
+        + ".",
         "",
+        *_quality_lines(summary.get("quality")),
         "Synthesis config fingerprint(s): " + _code_list(summary["config_fingerprints"]) + ".",
         "",
         "- Teacher model(s): " + _code_list(summary["teacher_models"]),

@@ -36,6 +36,9 @@ CPU_ENGINE_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.15, "enforce_
                                        "enable_chunked_prefill": False}
 
 REMOTE_ADAPTER_SCHEMES = ("s3://", "gs://", "abfss://", "azure://")
+# vLLM reserves LoRA weights for this rank (its own default is 16, `train.lora.r`'s default): an adapter of a higher
+# rank needs `engine_kwargs.max_lora_rank` (vLLM takes 8, 16, 32, 64, ...).
+LORA_MAX_RANK = 16
 
 
 def require_vllm() -> None:
@@ -54,6 +57,9 @@ def llm_config(config: ServeAppConfig) -> dict[str, Any]:
         engine_kwargs["max_model_len"] = config.max_model_len
     if config.num_gpus == 0:
         engine_kwargs.update(CPU_ENGINE_DEFAULTS)
+    if config.adapters:  # vLLM answers an adapter's name only with LoRA switched on, for this many at once
+        engine_kwargs.update(enable_lora=True, max_loras=config.max_adapters_per_replica,
+                             max_lora_rank=LORA_MAX_RANK)
     engine_kwargs.update(config.engine_kwargs)
 
     deployment: dict[str, Any] = {

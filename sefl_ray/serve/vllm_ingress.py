@@ -4,7 +4,8 @@
 Serve LLM's builder makes the ingress from a class whose route methods it decorates itself, so there is no app to
 add a middleware to: each route is wrapped instead, and answers 401 before it runs when the key is wrong. A client
 names an adapter as it does on the transformers app (`model: <adapter>`); Serve LLM's own name for it is
-`<served model>:<adapter>`, rewritten here, and model cards list the served names. A request without max_tokens
+`<served model>:<adapter>`, rewritten here both ways: model cards and answers (streamed chunks too) carry the names
+clients use. A request without max_tokens
 gets the config's `default_max_tokens`, and Serve LLM's plain HTTP errors (an unknown model) get OpenAI's error body.
 """
 
@@ -57,6 +58,19 @@ class AuthorizedIngress(OpenAiIngress):
             body.max_tokens = self._default_max_tokens
 
 
+    async def _get_response(self, *, body: Any, call_method: str, raw_request: Request | None = None) -> Any:
+        """Serve LLM's answers, each naming the model as the client did: vLLM names an adapter's answer by Serve
+        LLM's id (`<model>:<adapter>`), in the response and in every streamed chunk."""
+        internal = getattr(body, "model", None)
+        shown = self._client_name(internal) if isinstance(internal, str) else internal
+        async for answer in super()._get_response(body=body, call_method=call_method, raw_request=raw_request):
+            yield answer if shown == internal else _renamed(answer, internal, shown)
+
+    def _client_name(self, model_id: str) -> str:
+        if model_id == self._model_id:
+            return self._served_name
+        return model_id.removeprefix(f"{self._model_id}:")
+
     def _with_served_names(self, answer: Any) -> Any:
         """Model cards under the names clients use (Serve LLM lists its own ids); copies, not its cached cards."""
         if hasattr(answer, "data") and hasattr(answer, "object"):  # a ModelList
@@ -66,12 +80,22 @@ class AuthorizedIngress(OpenAiIngress):
         return answer
 
     def _served_card(self, card: Any) -> Any:
-        name = card.id
-        if name == self._model_id:
-            name = self._served_name
-        elif name.startswith(f"{self._model_id}:"):
-            name = name.removeprefix(f"{self._model_id}:")
-        return card.model_copy(update={"id": name})
+        return card.model_copy(update={"id": self._client_name(card.id)})
+
+
+def _renamed(answer: Any, internal: str, shown: str) -> Any:
+    """`answer` (a response, a streamed chunk as an object or as SSE text, or a batch of them) with its `model` field
+    `shown` where it was `internal`."""
+    if isinstance(answer, list):
+        return [_renamed(item, internal, shown) for item in answer]
+    if isinstance(answer, str):
+        for separator in (":", ": "):  # only the model field: a quote inside generated text is escaped
+            answer = answer.replace(f'"model"{separator}{json.dumps(internal)}',
+                                    f'"model"{separator}{json.dumps(shown)}')
+        return answer
+    if getattr(answer, "model", None) == internal and hasattr(answer, "model_copy"):
+        return answer.model_copy(update={"model": shown})
+    return answer
 
 
 async def _client_sets_max_tokens(request: Request) -> bool:

@@ -19,18 +19,11 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, create_model
 
 from sefl_ray.data.delimiters import neutralize_tags
+from sefl_ray.data.mistakes import MISTAKE_DESCRIPTIONS
 
 # Part of every row id's fingerprint: bump it when a prompt or schema changes, so resumed runs do not mix versions.
 PROMPT_VERSION = 2
 
-MISTAKE_DESCRIPTIONS = {
-    "factual": "state a fact from the text incorrectly",
-    "reasoning": "draw a conclusion that does not follow from the facts",
-    "calculation": "make an arithmetic or unit error in a calculation",
-    "omission": "leave out a step or a part the assignment asks for",
-    "misreading": "misread what the assignment asks and answer a slightly different question",
-    "terminology": "use a technical term with the wrong meaning",
-}
 
 STUDENT_TAG = "student_answer"
 STUDENT_OPEN, STUDENT_CLOSE = f"<{STUDENT_TAG}>", f"</{STUDENT_TAG}>"

@@ -30,6 +30,9 @@ def minimal_instance(
     if kind == "array":
         count = max(1, schema.get("minItems", 1))
         items = schema.get("items", {"type": "string"})
+        if items.get("type") == "integer":  # positions, as in a mapping: 1, 2, 3, ... within the bounds
+            low, high = items.get("minimum", 1), items.get("maximum", count)
+            return [min(max(i + 1, low), high) for i in range(count)]
         return [minimal_instance(items, defs, f"{text} {i}", make_text) for i in range(count)]
     if kind == "integer":
         return schema.get("minimum", 1)
