@@ -15,8 +15,8 @@ from sefl_ray.config.loading import (
 from sefl_ray.config.root import SeflConfig
 from sefl_ray.config.schema import StrictModel, decided_by
 from sefl_ray.config.sections import (
-    EndpointConfig, ExportConfig, InferConfig, JudgeConfig, ModelsConfig, RayConfig, RetryConfig, SourcesConfig,
-    SynthConfig,
+    EndpointConfig, ExportConfig, InferConfig, JudgeConfig, ModelsConfig, QuotaConfig, RayConfig, RetryConfig,
+    SourcesConfig, SynthConfig,
 )
 from sefl_ray.config.serve import AutoscalingSettings, LocalServeConfig, ServeAppConfig
 from sefl_ray.config.train import DeepSpeedSettings, FsdpSettings, LoraSettings, TrainConfig
@@ -24,7 +24,7 @@ from sefl_ray.config.train import DeepSpeedSettings, FsdpSettings, LoraSettings,
 __all__ = [
     "AnnotateConfig", "AutoscalingSettings", "DedupConfig", "DeepSpeedSettings", "EndpointConfig", "ExportConfig",
     "FormatGateConfig", "FsdpSettings", "GateConfig",
-    "InferConfig", "JudgeConfig", "LocalServeConfig", "LoraSettings", "ModelsConfig", "QuestionConfig", "RayConfig",
+    "InferConfig", "JudgeConfig", "LocalServeConfig", "LoraSettings", "ModelsConfig", "QuestionConfig", "QuotaConfig", "RayConfig",
     "RetryConfig", "SeflConfig", "ServeAppConfig", "SourcesConfig", "StrictModel", "SynthConfig", "TrainConfig",
     "config_as_yaml", "config_fingerprint", "decided_by", "load_config", "log_resolved_config", "redact_secrets",
     "redact_text", "redacted_dump", "save_resolved_config",

@@ -25,7 +25,7 @@ class FormatGateConfig(StrictModel):
     language: str | None = Field(
         "en", decides="content",
         description="The language every field must be written in (ISO 639-1: en, de, fr, es, nl, da, sv, it, "
-        "pt); None: not checked.",
+        "pt), unless synth.quotas dealt the record another; None: not checked.",
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 
 from sefl_ray.config.schema import Field, StrictModel
 from sefl_ray.errors import ConfigError
@@ -107,6 +107,10 @@ class SourcesConfig(StrictModel):
         "id", decides="content",
         description="Column with a stable id; None or absent: a hash of the text.",
     )
+    subject_column: str | None = Field(
+        "subject", decides="content",
+        description="Column naming each passage's subject, for synth.quotas.subject; None or absent: no subject.",
+    )
     min_chars: int = Field(200, decides="content", ge=0, description="Skip passages shorter than this.")
     max_chars: int = Field(6000, decides="content", ge=1, description="Skip passages longer than this.")
     limit: int | None = Field(
@@ -115,8 +119,49 @@ class SourcesConfig(StrictModel):
     )
 
 
+class QuotaConfig(StrictModel):
+    """Target shares of the planned conversations; each dimension left empty is not controlled. Counts are
+    allocated exactly (largest remainder), so the plan meets every share to within one conversation."""
+
+    subject: dict[str, float] = Field(
+        decides="content", default_factory=dict,
+        description="Share per subject, read from the passages' synth.sources.subject_column (the built-in "
+        "passages have one); needs synth.num_conversations.",
+    )
+    level: dict[str, float] = Field(
+        decides="content", default_factory=dict,
+        description="Share per grade band the assignment is written for (any names: primary, secondary, "
+        "university...).",
+    )
+    language: dict[str, float] = Field(
+        decides="content", default_factory=dict,
+        description="Share per language (ISO 639-1) every turn is written in.",
+    )
+    num_mistakes: dict[int, float] = Field(
+        decides="content", default_factory=dict,
+        description="Share per number of deliberate mistakes (instead of uniform in min..max_mistakes).",
+    )
+    mistake_kinds: dict[str, float] = Field(
+        decides="content", default_factory=dict,
+        description="Share of all planned mistakes per kind (instead of uniform over mistake_kinds).",
+    )
+
+    @model_validator(mode="after")
+    def _shares(self) -> QuotaConfig:
+        for name in type(self).model_fields:
+            shares = getattr(self, name)
+            if shares and (min(shares.values()) <= 0 or abs(sum(shares.values()) - 1) > 1e-6):
+                raise ValueError(f"synth.quotas.{name}: shares must be positive and add up to 1, got "
+                                 f"{dict(shares)} (sum {sum(shares.values()):.4g})")
+        return self
+
+    def active(self) -> bool:
+        return any(getattr(self, name) for name in type(self).model_fields)
+
+
 class SynthConfig(StrictModel):
     sources: SourcesConfig = Field(decides="content", default_factory=SourcesConfig)
+    quotas: QuotaConfig = Field(decides="content", default_factory=QuotaConfig)
     samples_per_source: int = Field(
         1, decides="scope", ge=1,
         description="Conversations per passage (different mistakes, seeds).",

@@ -46,6 +46,9 @@ RECORD_SCHEMA = pa.schema(
         ("submission", pa.string()),                # the student's answer, with deliberate mistakes
         ("errors", pa.list_(pa.string())),          # the mistakes the student says it made, one per item
         ("mistake_kinds", pa.list_(pa.string())),   # the kinds of mistake it was asked to make
+        ("subject", pa.string()),                   # what synth.quotas dealt (null when not controlled)
+        ("level", pa.string()),
+        ("language", pa.string()),
         ("feedback", pa.string()),                  # the teacher's feedback, rendered as one text
         ("feedback_items", pa.list_(pa.string())),  # the feedback on each mistake, in the student's order
         ("messages", pa.list_(MESSAGE_TYPE)),       # the whole conversation, as the agents saw it

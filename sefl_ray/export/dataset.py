@@ -26,7 +26,7 @@ import datasets
 import pyarrow as pa
 import yaml
 
-from sefl_ray.config import ExportConfig, config_fingerprint, redact_secrets
+from sefl_ray.config import ExportConfig, QuotaConfig, config_fingerprint, redact_secrets
 from sefl_ray.data.records import add_role_usage, read_records
 from sefl_ray.data.sft import DEFAULT_SYSTEM_PROMPT, render_completion, render_prompt, to_chat_messages
 from sefl_ray.durable import replacing_folder, write_json, write_text
@@ -54,9 +54,11 @@ def export_dataset(
     seed: int = 0,
     dataset_name: str = "sefl-ray synthetic feedback",
     gate_summary: dict[str, Any] | None = None,
+    quotas: QuotaConfig | None = None,
 ) -> Path:
     """Export `records` (one row per id: `read_exportable_records`, or the gate's records.parquet) to `out_dir`
-    (see the module docstring); returns `out_dir`. `gate_summary` (the gate's summary.json) goes into the card."""
+    (see the module docstring); returns `out_dir`. `gate_summary` (the gate's summary.json) and, under
+    `quotas` (synth's), the target vs achieved distributions of the exported rows go into the card."""
     out_dir = Path(out_dir)
     statuses = records["status"].to_pylist()
     wanted = {"ok"} | ({"failed"} if export_config.include_failed else set()) | (
@@ -90,6 +92,10 @@ def export_dataset(
 
     summary = _summarize(records, rows, dataset_dict, export_config, seed=seed, dataset_name=dataset_name,
                          gate_summary=gate_summary)
+    if quotas is not None and quotas.active():
+        from sefl_ray.data.quotas import achieved
+
+        summary["sampling"] = achieved(rows, quotas)
     # The whole export is built beside the old one and swapped in once complete: a failed or killed export
     # leaves the previous dataset as it was, and no shard of it lingers beside the new one.
     with replacing_folder(out_dir) as staging:
@@ -231,6 +237,18 @@ def _summarize(
     }
 
 
+def _sampling_lines(sampling: dict[str, Any] | None) -> list[str]:
+    if not sampling:
+        return []
+    lines = ["## Sampling", "", "What synth's quotas (`synth.quotas`) asked for, and what the exported rows hold:", "",
+             "| dimension | value | target | exported | rows |", "| --- | --- | --- | --- | --- |"]
+    for dimension, values in sampling.items():
+        for value, entry in values.items():
+            share = f"{entry['achieved']:.1%}" if entry["achieved"] is not None else ""
+            lines.append(f"| {dimension} | {value} | {entry['target']:.1%} | {share} | {entry['count']} |")
+    return lines + [""]
+
+
 def _quality_lines(quality: dict[str, Any] | None) -> list[str]:
     if not quality:
         return []
@@ -319,6 +337,7 @@ def render_dataset_card(summary: dict[str, Any]) -> str:
         + ".",
         "",
         *_quality_lines(summary.get("quality")),
+        *_sampling_lines(summary.get("sampling")),
         "Synthesis config fingerprint(s): " + _code_list(summary["config_fingerprints"]) + ".",
         "",
         "- Teacher model(s): " + _code_list(summary["teacher_models"]),

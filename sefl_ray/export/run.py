@@ -28,7 +28,8 @@ def run_export(config: SeflConfig) -> Path:
         raise InputNotFoundError(f"{layout.gate_records} is unreadable ({str(exc).splitlines()[0]}): run the gate "
                                  "stage again (its model calls are cached, so it pays for none twice)") from None
     gate_summary = json.loads(layout.gate_summary.read_text()) if layout.gate_summary.is_file() else None
-    return export_dataset(records, layout.export_dir, config.export, seed=config.seed, gate_summary=gate_summary)
+    return export_dataset(records, layout.export_dir, config.export, seed=config.seed, gate_summary=gate_summary,
+                          quotas=config.synth.quotas)
 
 
 def manifest_numbers(layout: RunLayout) -> dict[str, Any]:

@@ -52,8 +52,9 @@ def format_verdict(record: dict[str, Any], settings: FormatGateConfig) -> Verdic
             return Verdict("format", False, f"{field} holds leftover role or template text: {match.group(0).strip()!r}")
         if _JSON_START.match(text) or _JSON_KEY.search(text):
             return Verdict("format", False, f"{field} holds JSON debris: {text[:40]!r}")
-        if settings.language is not None:
+        wanted = record.get("language") or settings.language  # the language synth.quotas dealt, if it dealt one
+        if wanted is not None:
             language = detect_language(text)
-            if language is not None and language != settings.language:
-                return Verdict("format", False, f"{field} is written in '{language}', not '{settings.language}'")
+            if language is not None and language != wanted:
+                return Verdict("format", False, f"{field} is written in '{language}', not '{wanted}'")
     return Verdict("format", True)

@@ -1,4 +1,4 @@
-"""The Data quality part: what the gates let through, from `gate/summary.json`.
+"""The Data quality part: what the gates let through, from `gate/summary.json`, and what synth's quotas dealt.
 
 Pass rate per gate in the order they ran (a record stops at the first it fails, so each gate is checked on what the
 ones before it passed), the reasons, and the largest near-duplicate clusters with their kept record beside the
@@ -32,6 +32,14 @@ def quality_sections(run_dir: Path) -> list[dict[str, Any]]:
     if reasons:
         parts.append(section("Why records were filtered", "Numbers and ids in a reason are shown as N and <id>.",
                              table=(["gate", "reason", "records"], reasons)))
+    quotas = read_json(layout.synth_summary).get("quotas") if layout.synth_summary.exists() else None
+    if quotas:
+        rows = [[dimension, value, fmt(entry["target"], 3), fmt(entry["achieved"], 3),
+                 fmt(quotas["ok"].get(dimension, {}).get(value, {}).get("achieved"), 3)]
+                for dimension, values in quotas["planned"].items() for value, entry in values.items()]
+        parts.append(section("Sampling", "What synth.quotas asked for, what the plan dealt, and what the ok "
+                             "records hold (failed conversations take their share with them).",
+                             table=(["dimension", "value", "target", "planned", "ok records"], rows)))
     duplicates = summary["duplicates"]
     if duplicates["clusters"]:
         rows = [[example["kept"]["id"], example["kept"]["assignment"][:120],

@@ -30,6 +30,9 @@ class ConversationPlan:
     sample_index: int
     mistake_kinds: list[str]
     seed: int
+    subject: str | None = None   # dealt by synth.quotas; None: not controlled
+    level: str | None = None     # the grade band the assignment is written for
+    language: str | None = None  # ISO 639-1 code every turn is written in
 
 
 @dataclass(frozen=True)
@@ -75,17 +78,19 @@ async def run_conversation(
     try:
         assignment = await ask(
             "teacher", teacher, prompts.TEACHER_SYSTEM,
-            prompts.assignment_step(settings.preset, plan.source_text, budget), teacher_calls,
+            prompts.assignment_step(settings.preset, plan.source_text, budget, plan.level, plan.language),
+            teacher_calls,
         )
         assignment_text = prompts.assignment_for_student(settings.preset, assignment)
         answer = await ask(
             "student", student, prompts.STUDENT_SYSTEM,
-            prompts.student_step(settings.preset, assignment_text, plan.mistake_kinds, budget), student_calls,
+            prompts.student_step(settings.preset, assignment_text, plan.mistake_kinds, budget, plan.language),
+            student_calls,
         )
         feedback = await ask(
             "teacher", teacher, prompts.TEACHER_SYSTEM,
             prompts.feedback_step(settings.preset, plan.source_text, assignment_text, answer.model_dump()["answer"],
-                                  len(plan.mistake_kinds), budget),
+                                  len(plan.mistake_kinds), budget, plan.language),
             teacher_calls,
         )
         parsed = prompts.parse_conversation(settings.preset, assignment, answer, feedback)
@@ -146,6 +151,7 @@ def _base_record(plan: ConversationPlan, teacher_model: str, student_model: str,
         "id": plan.id, "source_id": plan.source_id, "source_text": plan.source_text,
         "sample_index": plan.sample_index, "preset": settings.preset, "assignment": None, "submission": None,
         "errors": [], "mistake_kinds": list(plan.mistake_kinds), "feedback": None, "feedback_items": [],
+        "subject": plan.subject, "level": plan.level, "language": plan.language,
         "teacher_model": teacher_model, "student_model": student_model,
         "status": "failed", "error": None, "raw": None, "config_fingerprint": settings.config_fingerprint,
     }

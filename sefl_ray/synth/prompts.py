@@ -25,6 +25,9 @@ from sefl_ray.data.mistakes import MISTAKE_DESCRIPTIONS
 PROMPT_VERSION = 2
 
 
+LANGUAGE_NAMES = {"en": "English", "de": "German", "fr": "French", "es": "Spanish", "nl": "Dutch", "da": "Danish",
+                  "sv": "Swedish", "it": "Italian", "pt": "Portuguese"}
+
 STUDENT_TAG = "student_answer"
 STUDENT_OPEN, STUDENT_CLOSE = f"<{STUDENT_TAG}>", f"</{STUDENT_TAG}>"
 
@@ -69,7 +72,19 @@ def char_budget(max_new_tokens: int) -> int:
     return max(120, (max_new_tokens - 32) * 3)
 
 
-def assignment_step(preset: str, source_text: str, budget: int = 2000) -> Step:
+def audience(level: str | None = None, language: str | None = None) -> str:
+    """What synth.quotas dealt to a conversation, as words for its prompts; '' when nothing was dealt, so the
+    prompts of a run without quotas are what they always were."""
+    parts = []
+    if level:
+        parts.append(f"The student is at the {level} level: pitch the work to that level.")
+    if language:
+        parts.append(f"Write in {LANGUAGE_NAMES.get(language, language)}.")
+    return (" " + " ".join(parts)) if parts else ""
+
+
+def assignment_step(preset: str, source_text: str, budget: int = 2000, level: str | None = None,
+                    language: str | None = None) -> Step:
     schema = _assignment_schema(preset, budget)
     if preset == "sefl":
         task = (
@@ -83,10 +98,11 @@ def assignment_step(preset: str, source_text: str, budget: int = 2000) -> Step:
             "using facts, numbers or reasoning from the text. Include any data the student needs. Reply as JSON: "
             f'{{"assignment": "..."}}\n\nText:\n{source_text}'
         )
-    return Step(task, schema)
+    return Step(task + audience(level, language), schema)
 
 
-def student_step(preset: str, assignment: str, mistake_kinds: list[str], budget: int = 2000) -> Step:
+def student_step(preset: str, assignment: str, mistake_kinds: list[str], budget: int = 2000,
+                 language: str | None = None) -> Step:
     count = len(mistake_kinds)
     mistakes = "\n".join(f"{i}. {MISTAKE_DESCRIPTIONS.get(k, k)} ({k})" for i, k in enumerate(mistake_kinds, 1))
     schema = _student_schema(preset, count, budget)
@@ -102,11 +118,12 @@ def student_step(preset: str, assignment: str, mistake_kinds: list[str], budget:
         f"Answer this assignment as a student would, and make exactly these {count} mistake(s):\n{mistakes}\n\n"
         f"Assignment:\n{assignment}\n\n{reply}"
     )
-    return Step(task, schema)
+    return Step(task + audience(language=language), schema)
 
 
 def feedback_step(
-    preset: str, source_text: str, assignment: str, submission: str, count: int, budget: int = 2000
+    preset: str, source_text: str, assignment: str, submission: str, count: int, budget: int = 2000,
+    language: str | None = None,
 ) -> Step:
     delimited = f"{STUDENT_OPEN}\n{_escape_student_text(submission)}\n{STUDENT_CLOSE}"
     schema = _feedback_schema(preset, count, budget)
@@ -123,7 +140,7 @@ def feedback_step(
         f"Give feedback on the student's answer. It contains about {count} mistake(s). For each: quote or locate "
         f"it, say why it is wrong, and how to fix it, without giving the full solution. {reply}"
     )
-    return Step(task, schema)
+    return Step(task + audience(language=language), schema)
 
 
 # Schemas are built once per shape: pydantic model creation costs milliseconds of CPU, which at thousands of

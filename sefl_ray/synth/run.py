@@ -83,17 +83,35 @@ def run_synth(config: SeflConfig) -> Path:
 
     summary = summarize(iter_record_tables(records_dir, columns=["error", "usage"]), plans, elapsed, len(todo), skipped)
     summary["set_aside_files"] = len(list(records_dir.rglob(f"*{SET_ASIDE_MARK}*")))  # damaged, their rows redone
+    if synth.quotas.active():
+        summary["quotas"] = quota_summary(plans, records_dir, synth.quotas)
     write_json(layout.synth_summary, summary)
     logger.info("synth summary:\n%s", format_summary(summary))
     return records_dir
+
+
+def quota_summary(plans: list[dict[str, Any]], records_dir: Path, quotas) -> dict[str, Any]:
+    """Target vs achieved per controlled dimension: in the plan (dealt exactly) and among the ok records (what
+    failures left of it)."""
+    from sefl_ray.data.quotas import achieved
+
+    planned = {plan["id"] for plan in plans}
+    made = [row for table in iter_record_tables(records_dir, columns=["mistake_kinds", "subject", "level",
+                                                                      "language"])
+            for row in table.to_pylist() if row["id"] in planned and row["status"] == "ok"]
+    return {"planned": achieved(plans, quotas), "ok": achieved(made, quotas)}
 
 
 def synth_fingerprint(config: SeflConfig) -> str:
     """What decides each conversation's content, not how many there are: the row ids hash it, so a bigger run
     re-uses every row a smaller one made."""
     synth = config.synth
+    content = decided_by(synth, ("content",))
+    if not synth.quotas.active():  # they decide nothing then: rows made before quotas existed keep their ids
+        content.pop("quotas")
+        content["sources"].pop("subject_column")
     return config_fingerprint({
-        **decided_by(synth, ("content",)),
+        **content,
         "teacher_models": sorted({config.endpoint(name).model for name in synth.endpoint_names("teacher")}),
         "student_models": sorted({config.endpoint(name).model for name in synth.endpoint_names("student")}),
         "seed": config.seed,
@@ -119,24 +137,52 @@ def manifest_numbers(layout: RunLayout) -> dict[str, Any]:
 def plan_conversations(
     config: SeflConfig, fingerprint: str, sources: list[dict[str, str]] | None = None
 ) -> list[dict[str, Any]]:
-    """Every conversation this config asks for, each with its mistakes and seed fixed by its id.
+    """Every conversation this config asks for, each with its passage, mistakes, seed and, under quotas, its
+    subject, grade band and language (`sefl_ray.synth.sampling`).
 
     A plan names its passage by `source_id` only: the texts travel once, in a table every actor reads, so the
-    driver's memory does not grow with samples per passage."""
+    driver's memory does not grow with samples per passage. Under quotas a row's id also hashes what was dealt to
+    it, so a run with other quotas or another size never takes a row made for a different draw."""
+    from sefl_ray.synth.sampling import deal_mistake_kinds, plan_slots
+
     synth = config.synth
+    quotas = synth.quotas
+    slots = plan_slots(synth, sources if sources is not None else load_sources(synth.sources), config.seed)
+    if not quotas.active():
+        return [_drawn_plan(config, slot, fingerprint) for slot in slots]
+    counts = [slot["num_mistakes"] or random.Random(
+        f"{config.seed}:{slot['source']['source_id']}:{slot['sample_index']}:count").randint(
+        synth.min_mistakes, synth.max_mistakes) for slot in slots]
+    dealt_kinds = (deal_mistake_kinds(counts, quotas, random.Random(f"{config.seed}:kinds"))
+                   if quotas.mistake_kinds else [None] * len(slots))
     plans = []
-    for source in sources if sources is not None else load_sources(synth.sources):
-        for sample_index in range(synth.samples_per_source):
-            row_id = record_id(source["source_id"], sample_index, fingerprint)
-            rng = random.Random(f"{config.seed}:{row_id}")
-            count = rng.randint(synth.min_mistakes, synth.max_mistakes)
-            kinds = (rng.sample(synth.mistake_kinds, count) if count <= len(synth.mistake_kinds)
-                     else rng.choices(synth.mistake_kinds, k=count))
-            plans.append({"id": row_id, "source_id": source["source_id"], "sample_index": sample_index,
-                          "mistake_kinds": kinds, "seed": rng.randrange(2**31)})
-            if synth.num_conversations and len(plans) >= synth.num_conversations:
-                return plans
+    for slot, count, kinds in zip(slots, counts, dealt_kinds):
+        source = slot["source"]
+        drawn = {"subject": source.get("subject") if quotas.subject else None, "level": slot["level"],
+                 "language": slot["language"]}
+        row_id = record_id(source["source_id"], slot["sample_index"],
+                           f"{fingerprint}:{json.dumps(drawn, sort_keys=True)}:{count}:{kinds}")
+        rng = random.Random(f"{config.seed}:{row_id}")
+        if kinds is None:
+            kinds = _kinds(rng, synth.mistake_kinds, count)
+        plans.append({"id": row_id, "source_id": source["source_id"], "sample_index": slot["sample_index"],
+                      "mistake_kinds": kinds, "seed": rng.randrange(2**31), **drawn})
     return plans
+
+
+def _drawn_plan(config: SeflConfig, slot: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+    """A plan without quotas: its mistakes and seed drawn from its id, exactly as before quotas existed, so earlier
+    run dirs resume."""
+    synth = config.synth
+    row_id = record_id(slot["source"]["source_id"], slot["sample_index"], fingerprint)
+    rng = random.Random(f"{config.seed}:{row_id}")
+    kinds = _kinds(rng, synth.mistake_kinds, rng.randint(synth.min_mistakes, synth.max_mistakes))
+    return {"id": row_id, "source_id": slot["source"]["source_id"], "sample_index": slot["sample_index"],
+            "mistake_kinds": kinds, "seed": rng.randrange(2**31), "subject": None, "level": None, "language": None}
+
+
+def _kinds(rng: random.Random, kinds: list[str], count: int) -> list[str]:
+    return rng.sample(kinds, count) if count <= len(kinds) else rng.choices(kinds, k=count)
 
 
 def _write_records(config, todo, records_dir: Path, fingerprint: str, budget, texts) -> None:

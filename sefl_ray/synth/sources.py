@@ -17,7 +17,7 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "corpus"
 
 
 def load_sources(config: SourcesConfig) -> list[dict[str, str]]:
-    """Passages as `{source_id, source_text}`, filtered by length, in a stable order.
+    """Passages as `{source_id, source_text, subject}`, filtered by length, in a stable order.
 
     Sources are read into the driver: they are small next to what synthesis makes of them (thousands of passages),
     and a fixed order is what makes row ids, and so resume, deterministic.
@@ -38,7 +38,9 @@ def load_sources(config: SourcesConfig) -> list[dict[str, str]]:
         if source_id in seen:
             continue
         seen.add(source_id)
-        sources.append({"source_id": source_id, "source_text": text})
+        subject = row.get(config.subject_column) if config.subject_column else None
+        sources.append({"source_id": source_id, "source_text": text,
+                        "subject": str(subject) if subject not in (None, "") else None})
         if config.limit and len(sources) >= config.limit:
             break
     if not sources:
