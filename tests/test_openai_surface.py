@@ -218,8 +218,8 @@ def test_long_seeded_requests_at_once_are_all_answered(base_url):
         assert _chat(client, "still up?", max_tokens=2).choices
 
 
-def test_models_lists_the_served_name(client):
-    assert [model.id for model in client.models.list()] == [SERVED]
+def test_models_lists_the_served_name_and_its_adapter(client):
+    assert sorted(model.id for model in client.models.list()) == sorted([SERVED, ADAPTER])
 
 
 # Twenty schemas of the kinds the stages ask for (verdicts, scores, lists, nested feedback), every string bounded.

@@ -1,5 +1,5 @@
 """Stages as Ray jobs on a real cluster: `ray start --head` in the test, `ray job submit --working-dir .` of synth,
-export and train against it, and `serve deploy` of a Serve config to it, exactly as the README tells users to.
+gate, export and train against it, and `serve deploy` of a Serve config to it, exactly as the README tells users to.
 
 The head runs in its own process group with its own temp dir and is killed as a group afterwards: `ray stop` would
 also stop the session's local Ray (it stops every Ray on the machine).
@@ -119,7 +119,7 @@ def submit(ray_head: dict, *command: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_synth_export_and_train_as_ray_jobs(ray_head, tmp_path, tiny_model_dir):
+def test_synth_gate_export_and_train_as_ray_jobs(ray_head, tmp_path, tiny_model_dir):
     from sefl_ray.testing.loopback import LoopbackServer
     from sefl_ray.testing.schema_replies import grounded_schema_reply
 
@@ -131,7 +131,7 @@ def test_synth_export_and_train_as_ray_jobs(ray_head, tmp_path, tiny_model_dir):
             "--set", f"train.model={tiny_model_dir}", "--set", "train.max_steps=2",
             "--set", "train.cpus_per_worker=1", "--set", "train.storage_path=" + str(tmp_path / "checkpoints"),
         ]
-        for stage in ("synth", "export", "train"):  # export needs no cluster, but runs where synth wrote: as a job
+        for stage in ("synth", "gate", "export", "train"):  # each runs where synth wrote: as a job
             result = submit(ray_head, "sefl-ray", stage, "jobs/local.yaml", *overrides)
             assert result.returncode == 0, f"{stage}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
             assert "succeeded" in result.stdout + result.stderr
