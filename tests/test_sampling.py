@@ -43,6 +43,9 @@ def test_quotas_hold_within_two_percent_on_2000_planned_conversations():
     for dimension, shares in observed.items():
         for value, share in shares.items():
             assert abs(share - getattr(quotas, dimension)[value]) <= 0.02, (dimension, value, share)
+            # dealt, not drawn: every count is within one conversation (one mistake) of its share
+            total = len(mistakes) if dimension == "mistake_kinds" else 2000
+            assert abs(share * total - getattr(quotas, dimension)[value] * total) < 1.0001, (dimension, value)
     assert all(len(set(plan["mistake_kinds"])) == len(plan["mistake_kinds"]) for plan in plans)
     # each subject's conversations come from that subject's passages, spread over all of them
     biology = [plan for plan in plans if plan["subject"] == "biology"]

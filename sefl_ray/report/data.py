@@ -70,7 +70,8 @@ def status_section(summary: dict, stats: dict, export: dict | None) -> dict[str,
             + "Every planned conversation is a record, ok or failed; none is dropped.")
     if export:
         splits = ", ".join(f"{name} {count}" for name, count in export["splits"].items())
-        note += f" The export holds {export['records']['exported']} ok records ({splits})."
+        note += (f" The export holds {export['records']['exported']} records ({splits}; Data quality says what the "
+                 "gates passed).")
     rate = summary.get("conversations_per_s")
     return section("Conversations", note, table=(
         ["planned", "ok", "failed", "missing", "skipped by budget", "conversations/s (last run)"],
